@@ -1,0 +1,47 @@
+"""Packaging for face_segmentation_pytorch (metadata lives here; pyproject.toml only names the build backend)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="face_segmentation_pytorch",
+    version="0.2.0",
+    description=(
+        "Caffe-exact PyTorch port of the Nirkin et al. (2018) FCN-8s face segmentation "
+        "network, with a caffemodel converter, verified weight downloads and a batch CLI"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["face_segmentation_pytorch", "face_segmentation_pytorch.*"]),
+    install_requires=[
+        "torch>=2.0",
+        "numpy>=1.22",
+        "pillow>=9.1",
+        "omegaconf>=2.1",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "safetensors": ["safetensors>=0.4"],
+        "test": [
+            "pytest>=7",
+            "protobuf>=4.21",
+            "opencv-python-headless>=4.5,<5",
+            "safetensors>=0.4",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "face-segmentation=face_segmentation_pytorch.cli:main",
+            "face-segmentation-convert=face_segmentation_pytorch.convert:main",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
