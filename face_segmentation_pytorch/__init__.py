@@ -1,0 +1,70 @@
+"""Caffe-exact PyTorch port of the Nirkin et al. (2018) FCN-8s face segmentation network.
+
+Typical use::
+
+    import torch
+    from PIL import Image
+    import face_segmentation_pytorch as fsp
+
+    model = fsp.FaceSegmentationNet()
+    fsp.load_model_parameters(model, "weights/")   # finds or downloads, verifies
+    model.eval()
+    img = Image.open("face.jpg").convert("RGB")
+    with torch.no_grad():
+        t = model.img_to_input(img, resize=True).unsqueeze(0)
+        pmap = model(t, as_pmap=True)[0]           # (500, 500) face probability
+"""
+
+from .caffe import convert_caffemodel, load_caffemodel_as_statedict, read_caffemodel
+from .errors import (
+    CaffeModelError,
+    ConfigError,
+    DownloadError,
+    FaceSegmentationError,
+    ImageReadError,
+    WeightsError,
+)
+from .imageio import load_image
+from .inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
+from .model import BGR_MEAN, FaceSegmentationNet, scores_to_mask, scores_to_pmap
+from .preprocess import image_to_input, resize_pmap
+from .weights import (
+    DEFAULT_WEIGHTS,
+    WEIGHTS,
+    Weights,
+    default_params_dir,
+    find_or_download_state_dict,
+    load_model_parameters,
+    load_state_dict_file,
+)
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "BGR_MEAN",
+    "CaffeModelError",
+    "ConfigError",
+    "DEFAULT_WEIGHTS",
+    "DownloadError",
+    "FaceSegmentationError",
+    "FaceSegmentationNet",
+    "ImageReadError",
+    "WEIGHTS",
+    "Weights",
+    "WeightsError",
+    "convert_caffemodel",
+    "default_params_dir",
+    "find_or_download_state_dict",
+    "image_to_input",
+    "load_caffemodel_as_statedict",
+    "load_image",
+    "load_model_parameters",
+    "load_state_dict_file",
+    "pmap_to_mask",
+    "pmap_to_uint8",
+    "predict_pmaps",
+    "read_caffemodel",
+    "resize_pmap",
+    "scores_to_mask",
+    "scores_to_pmap",
+]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .errors import CaffeModelError
-from .model import FaceSegmentationNet
+from .model import FaceSegmentationNet, _expected_state_shapes
 
 __all__ = [
     "CaffeLayer",
@@ -276,12 +276,10 @@ def read_caffemodel(path: str | os.PathLike) -> tuple[list[CaffeLayer], str]:
 
 def _expected_shapes(num_classes: int, channel_divisor: int) -> OrderedDict[str, list]:
     """Map each Caffe layer name to its parameter names and shapes, in blob order."""
-    with torch.device("meta"):
-        model = FaceSegmentationNet(num_classes, channel_divisor=channel_divisor)
     layers: OrderedDict[str, list] = OrderedDict()
-    for key, tensor in model.state_dict().items():
+    for key, shape in _expected_state_shapes(num_classes, channel_divisor).items():
         layer, param = key.rsplit(".", 1)
-        layers.setdefault(layer, []).append((param, tuple(tensor.shape)))
+        layers.setdefault(layer, []).append((param, shape))
     return layers
 
 

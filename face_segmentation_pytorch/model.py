@@ -17,6 +17,7 @@ than close to it:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -170,22 +171,40 @@ class FaceSegmentationNet(nn.Module):
         self.fc7 = nn.Conv2d(fc, fc, 1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(0.5)
-        self.score_fr = nn.Conv2d(fc, num_classes, 1)
+        self.scale_pool4 = Scale(512 // channel_divisor, _SCALE_VALUES["scale_pool4"])
+        self.scale_pool3 = Scale(256 // channel_divisor, _SCALE_VALUES["scale_pool3"])
+        self._build_heads(num_classes)
+        for name, offset in _CROP_OFFSETS.items():
+            setattr(self, name, Crop(offset))
 
-        c4 = 512 // channel_divisor
-        c3 = 256 // channel_divisor
-        self.scale_pool4 = Scale(c4, _SCALE_VALUES["scale_pool4"])
-        self.score_pool4 = nn.Conv2d(c4, num_classes, 1)
-        self.scale_pool3 = Scale(c3, _SCALE_VALUES["scale_pool3"])
-        self.score_pool3 = nn.Conv2d(c3, num_classes, 1)
+    def _build_heads(self, num_classes: int) -> None:
+        # The layers whose shape depends on the number of classes.
+        d = self.channel_divisor
+        self.score_fr = nn.Conv2d(_FC_CHANNELS // d, num_classes, 1)
+        self.score_pool4 = nn.Conv2d(512 // d, num_classes, 1)
+        self.score_pool3 = nn.Conv2d(256 // d, num_classes, 1)
         for name, (k, s) in _DECONVS.items():
             deconv = nn.ConvTranspose2d(num_classes, num_classes, k, stride=s, bias=False)
             deconv.weight = nn.Parameter(
                 bilinear_upsampling_kernel(num_classes, k), requires_grad=False
             )
             setattr(self, name, deconv)
-        for name, offset in _CROP_OFFSETS.items():
-            setattr(self, name, Crop(offset))
+
+    def set_num_classes(self, num_classes: int) -> None:
+        """Rebuild the score layers for ``num_classes`` outputs (fresh weights).
+
+        Used when loading weights with another number of classes, such as the
+        2-class 300x300 release into a default 21-class model.
+        """
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        ref = self.conv1_1.weight
+        self.num_classes = int(num_classes)
+        self._build_heads(self.num_classes)
+        for name in ("score_fr", "score_pool4", "score_pool3", *_DECONVS):
+            getattr(self, name).to(device=ref.device, dtype=ref.dtype)
+        if self.face_channel is not None and self.face_channel >= num_classes:
+            self.face_channel = None
 
     def _check_face_channel(self, face_channel: int | None) -> None:
         if face_channel is not None and not 1 <= face_channel < self.num_classes:
@@ -287,6 +306,14 @@ class FaceSegmentationNet(nn.Module):
         model = cls(**arch, **kwargs)
         model.load_state_dict(state_dict, strict=True)
         return model
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_state_shapes(num_classes: int, channel_divisor: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of every state_dict entry, computed on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = FaceSegmentationNet(num_classes, channel_divisor=channel_divisor)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:

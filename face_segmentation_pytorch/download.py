@@ -1,0 +1,194 @@
+"""Verified downloads and safe archive extraction.
+
+Modelled on ``torch.hub.download_url_to_file``: the body goes to a temporary
+file in the target folder while its sha256 is computed, a progress bar goes to
+stderr, and only a complete, verified file is moved to its final name. Any
+failure removes the temporary file and raises :class:`DownloadError` with one
+line that says what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from .errors import DownloadError
+
+__all__ = ["download_url_to_file", "extract_zip_member", "sha256_of_file"]
+
+_CHUNK = 1 << 20
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def download_url_to_file(
+    url: str,
+    dst: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> str:
+    """Download ``url`` to ``dst`` atomically, verifying its size and sha256.
+
+    Args:
+        url: http(s) or file URL.
+        dst: Final path; its folder is created if needed.
+        sha256: Expected hex digest; ``None`` skips the check (the digest is
+            still returned so the caller can report it).
+        progress: Show a tqdm bar on stderr.
+        timeout: Seconds to wait for the server on each read.
+
+    Returns:
+        The hex sha256 of the downloaded file.
+
+    Raises:
+        DownloadError: Network or HTTP failure, a body shorter than its
+            Content-Length, or a hash mismatch. Nothing is left at ``dst``.
+    """
+    from tqdm.auto import tqdm
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+    fix = "check the URL and your connection, or put the file in the folder by hand"
+    try:
+        h = hashlib.sha256()
+        received = 0
+        with os.fdopen(fd, "wb") as out:
+            request = urllib.request.Request(url, headers={"User-Agent": "face_segmentation_pytorch"})
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                with tqdm(
+                    total=total,
+                    disable=not progress,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=f"downloading {dst.name}",
+                    file=sys.stderr,
+                ) as bar:
+                    while True:
+                        chunk = resp.read(_CHUNK)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        h.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        if total is not None and received != total:
+            raise DownloadError(
+                f"download of {url} stopped after {received} of {total} bytes; try again"
+            )
+        digest = h.hexdigest()
+        if sha256 is not None and digest != sha256.strip().lower():
+            raise DownloadError(
+                f"sha256 mismatch for {url}: expected {sha256.strip().lower()}, got {digest}; "
+                "the file is damaged or changed upstream: try again, or pin the new hash "
+                "(WEIGHTS_SHA256=...) only if you trust its source"
+            )
+        os.replace(tmp, dst)
+        return digest
+    except DownloadError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}; {fix}") from None
+    except urllib.error.URLError as e:
+        raise DownloadError(f"download of {url} failed: {e.reason}; {fix}") from None
+    except http.client.IncompleteRead as e:
+        raise DownloadError(
+            f"download of {url} stopped after {len(e.partial)} more bytes than expected "
+            f"({e.expected} missing); try again"
+        ) from None
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise DownloadError(f"download of {url} failed: {e}; {fix}") from None
+    finally:
+        _remove(tmp)
+
+
+def _is_unsafe(name: str) -> bool:
+    p = PurePosixPath(name.replace("\\", "/"))
+    return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")
+
+
+def extract_zip_member(
+    archive: str | os.PathLike, dest: str | os.PathLike, *, member: str | None, suffix: str
+) -> Path:
+    """Extract one file of a zip archive to ``dest``, atomically.
+
+    The archive is refused whole if any entry would land outside the target
+    folder (absolute paths, ``..``, drive letters). The member is written to a
+    temporary name, its CRC is checked by reading it to the end, and only then
+    is it renamed to ``dest``.
+
+    Args:
+        archive: The zip file.
+        dest: Final path of the extracted file.
+        member: Entry name to extract. When it is absent (or ``None``) the
+            only entry ending in ``suffix`` is taken.
+        suffix: File ending to look for when ``member`` is not found.
+
+    Raises:
+        DownloadError: Not a zip, an unsafe entry, the member missing or
+            ambiguous, or corrupt data.
+    """
+    archive, dest = Path(archive), Path(dest)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DownloadError(
+            f"{archive}: not a valid zip archive ({e}); delete it and download again"
+        ) from None
+    with zf:
+        names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        unsafe = [n for n in names if _is_unsafe(n)]
+        if unsafe:
+            raise DownloadError(
+                f"{archive}: refusing to extract entry {unsafe[0]!r}, which points outside "
+                "the target folder; the archive is not the published one"
+            )
+        if member is None or member not in names:
+            matches = [n for n in names if n.lower().endswith(suffix)]
+            if len(matches) != 1:
+                raise DownloadError(
+                    f"{archive}: expected {member or 'one *' + suffix + ' file'} in the archive, "
+                    f"found {', '.join(names[:6]) or 'nothing'}; check WEIGHTS_URL"
+                )
+            member = matches[0]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as out, zf.open(member) as src:
+                shutil.copyfileobj(src, out, _CHUNK)
+            os.replace(tmp, dest)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise DownloadError(
+                f"{archive}: entry {member!r} is corrupt ({e}); delete the archive and download again"
+            ) from None
+        finally:
+            _remove(tmp)
+    return dest
