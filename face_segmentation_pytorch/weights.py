@@ -249,10 +249,14 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
         staged = staged_named
         state = load_state_dict_file(staged)
         arch = architecture_from_state_dict(state)
-        if arch != {"num_classes": weights.num_classes, "channel_divisor": 1}:
+        # Any archive must match the entry's class count (its input size and
+        # face channel depend on it); the published one must be full width too.
+        full = {"num_classes": weights.num_classes, "channel_divisor": 1}
+        if arch["num_classes"] != weights.num_classes or (url == weights.url and arch != full):
             raise WeightsError(
                 f"{url}: holds a {arch['num_classes']}-class net with channel divisor "
-                f"{arch['channel_divisor']}, expected the {weights.num_classes}-class {weights.name}"
+                f"{arch['channel_divisor']}, expected the {weights.num_classes}-class "
+                f"{weights.name}; pick the matching WEIGHTS entry"
             )
         os.replace(staged, final)
     finally:

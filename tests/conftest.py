@@ -1,0 +1,105 @@
+"""Shared fixtures: the reference prototxt, generated caffemodels, the OpenCV oracle."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+from caffe_writer import deploy_prototxt, random_layers, write_caffemodel  # noqa: E402
+
+REFERENCE = Path(os.environ.get("FSP_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+
+
+def _reference_file(name: str) -> Path:
+    path = REFERENCE / name
+    if not path.exists():
+        # CI sets FSP_REQUIRE_REFERENCE=1 so a missing reference fails there
+        # instead of silently skipping the oracle tests.
+        if os.environ.get("FSP_REQUIRE_REFERENCE") == "1":
+            pytest.fail(f"reference file {path} is missing but FSP_REQUIRE_REFERENCE=1")
+        pytest.skip(f"reference file {path} not available (only in the project's workspace)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_prototxt() -> str:
+    return _reference_file("face_seg_fcn8s_deploy.prototxt").read_text()
+
+
+@pytest.fixture(scope="session")
+def reference_images() -> list[Path]:
+    folder = _reference_file("images")
+    return sorted(folder.glob("*.jpg"))
+
+
+class CaffeNet:
+    """A generated caffemodel, its prototxt, and OpenCV's Caffe runtime on them."""
+
+    def __init__(self, folder: Path, prototxt: str, layers, *, num_classes: int, channel_divisor: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.layers = layers
+        self.num_classes = num_classes
+        self.channel_divisor = channel_divisor
+        self.prototxt = folder / "deploy.prototxt"
+        self.prototxt.write_text(
+            deploy_prototxt(prototxt, num_classes=num_classes, channel_divisor=channel_divisor)
+        )
+        self.caffemodel = write_caffemodel(folder / "face_seg_fcn8s.caffemodel", layers)
+        self._net = None
+
+    def opencv_scores(self, x: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if self._net is None:
+            self._net = cv2.dnn.readNetFromCaffe(str(self.prototxt), str(self.caffemodel))
+        self._net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+        return self._net.forward("score").copy()
+
+
+def make_caffe_net(tmp: Path, prototxt: str, *, num_classes=21, channel_divisor=16, seed=0, fixed="random"):
+    layers = random_layers(num_classes, channel_divisor, seed=seed, fixed=fixed)
+    return CaffeNet(tmp, prototxt, layers, num_classes=num_classes, channel_divisor=channel_divisor)
+
+
+@pytest.fixture(scope="session")
+def slim_net(tmp_path_factory, reference_prototxt) -> CaffeNet:
+    """Slim (channels / 16) 21-class net with random weights everywhere."""
+    return make_caffe_net(tmp_path_factory.mktemp("slim21"), reference_prototxt)
+
+
+@pytest.fixture(scope="session")
+def slim_weights_dir(tmp_path_factory) -> Path:
+    """A MODEL_PARAMS_DIR holding a slim face_seg_fcn8s.pt (no reference needed)."""
+    import torch
+
+    from face_segmentation_pytorch.model import FaceSegmentationNet
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    model = FaceSegmentationNet(21, channel_divisor=16)
+    # Bias background down a little so masks are neither empty nor full.
+    with torch.no_grad():
+        model.score_fr.bias[0] -= 0.05
+    torch.save(model.state_dict(), folder / "face_seg_fcn8s.pt")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def full_weights_dir(tmp_path_factory) -> Path:
+    """A MODEL_PARAMS_DIR holding a full-size (134M parameter) random face_seg_fcn8s.pt."""
+    import torch
+
+    from face_segmentation_pytorch.model import FaceSegmentationNet
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("full_weights")
+    torch.save(FaceSegmentationNet().state_dict(), folder / "face_seg_fcn8s.pt")
+    return folder
