@@ -77,18 +77,38 @@ def slim_net(tmp_path_factory, reference_prototxt) -> CaffeNet:
 
 @pytest.fixture(scope="session")
 def slim_weights_dir(tmp_path_factory) -> Path:
-    """A MODEL_PARAMS_DIR holding a slim face_seg_fcn8s.pt (no reference needed)."""
+    """A MODEL_PARAMS_DIR holding a slim face_seg_fcn8s.pt (no reference needed).
+
+    He-initialised random weights with the deploy's fixed layers, so heatmaps
+    vary across the image instead of sitting at one value.
+    """
     import torch
 
-    from face_segmentation_pytorch.model import FaceSegmentationNet
+    from face_segmentation_pytorch.caffe import CaffeLayer, caffe_layers_to_state_dict
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights")
-    model = FaceSegmentationNet(21, channel_divisor=16)
-    # Bias background down a little so masks are neither empty nor full.
+    from face_segmentation_pytorch.model import FaceSegmentationNet, _face_margin
+    from face_segmentation_pytorch.preprocess import image_to_input
+
+    layers = random_layers(21, 16, seed=0, fixed="deploy")
+    state, _ = caffe_layers_to_state_dict([CaffeLayer(n, "", b) for n, b in layers.items()])
+    # Calibrate the score layers on a smooth test image so the face margin has
+    # a spread of a few logits around zero: heatmaps use the whole 0..1 range
+    # and masks cover part of the image.
+    model = FaceSegmentationNet.from_state_dict(state).eval()
+    yy, xx = np.mgrid[0:500, 0:500]
+    img = np.stack([xx * 0.5, yy * 0.5, 255 * np.exp(-((xx - 250) ** 2 + (yy - 250) ** 2) / 2e4)], -1)
+    x = image_to_input(img.astype(np.uint8))[None]
     with torch.no_grad():
-        model.score_fr.bias[0] -= 0.05
-    torch.save(model.state_dict(), folder / "face_seg_fcn8s.pt")
+        margin = _face_margin(model(x), None)
+        scale = 3.0 / float(margin.std() + 1e-6)
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            getattr(model, name).weight.mul_(scale)
+            getattr(model, name).bias.mul_(scale)
+        margin = _face_margin(model(x), None)
+        model.score_fr.bias[0] += float(margin.median())
+    state = model.state_dict()
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save(state, folder / "face_seg_fcn8s.pt")
     return folder
 
 
