@@ -72,8 +72,14 @@ def download_url_to_file(
     from tqdm.auto import tqdm
 
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+    except OSError as e:
+        raise DownloadError(
+            f"cannot write to {dst.parent} ({e.strerror or e}); choose a writable folder "
+            "(MODEL_PARAMS_DIR=...)"
+        ) from None
     fix = "check the URL and your connection, or put the file in the folder by hand"
     try:
         h = hashlib.sha256()

@@ -300,11 +300,17 @@ class FaceSegmentationNet(nn.Module):
         """Build a network whose shape fits ``state_dict`` and load it strictly.
 
         The number of classes and the channel divisor are read from the
-        tensors; other keyword arguments go to the constructor.
+        tensors; other keyword arguments go to the constructor. The model is
+        built on the meta device and takes the given tensors as its parameters
+        (no random initialisation, no copy), so it shares memory with
+        ``state_dict``.
         """
         arch = architecture_from_state_dict(state_dict)
-        model = cls(**arch, **kwargs)
-        model.load_state_dict(state_dict, strict=True)
+        with torch.device("meta"):
+            model = cls(**arch, **kwargs)
+        # assign=True adopts the tensors; requires_grad stays the module's, so
+        # the fixed layers stay fixed.
+        model.load_state_dict(state_dict, strict=True, assign=True)
         return model
 
 

@@ -234,9 +234,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progress: bool):
     """Download, extract, verify and install ``weights`` into ``folder``."""
-    archive = folder / Path(url.split("?")[0]).name
-    if archive.suffix.lower() != ".zip":
-        archive = folder / f"{weights.local_stem}.zip"
+    # A hidden name of our own, so no file of the user's is overwritten or deleted.
+    archive = folder / f".{weights.local_stem}.download.zip"
     ext = ".caffemodel" if weights.file_format == "caffemodel" else ".pt"
     final = folder / f"{weights.local_stem}{ext}"
     staged = folder / f".{final.name}.unverified"

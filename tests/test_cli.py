@@ -252,3 +252,28 @@ def test_full_size_cli_run(tmp_path, full_weights_dir):
     proc = run_cli(f"MODEL_PARAMS_DIR={full_weights_dir}", f"IMGS_DIR={folder}", "MASK_THRESHOLD=0.5")
     assert proc.returncode == 0, proc.stderr
     assert Image.open(folder / "face.jpg__mask.png").size == (150, 200)
+
+
+def test_default_weights_folder_from_environment(tmp_path, images, slim_weights_dir):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "face_seg_fcn8s.pt").write_bytes((slim_weights_dir / "face_seg_fcn8s.pt").read_bytes())
+    import os
+
+    env = dict(os.environ, FACE_SEGMENTATION_PYTORCH_HOME=str(home))
+    proc = subprocess.run(
+        [sys.executable, "-m", "face_segmentation_pytorch", f"IMGS_DIR={images}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"weights {home / 'face_seg_fcn8s.pt'}" in proc.stderr
+
+
+def test_unwritable_weights_folder_is_a_clear_error(tmp_path, images):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    proc = run_cli(f"MODEL_PARAMS_DIR={blocker / 'sub'}", f"IMGS_DIR={images}",
+                   "WEIGHTS_URL=http://127.0.0.1:9/w.zip")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1].startswith("error: cannot write to")
+    assert "Traceback" not in proc.stderr
