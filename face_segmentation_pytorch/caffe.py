@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -253,25 +254,38 @@ def read_caffemodel(path: str | os.PathLike) -> tuple[list[CaffeLayer], str]:
         if size == 0:
             raise CaffeModelError(f"{path}: the caffemodel is empty; download it again")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            head = bytes(mm[:64]).lstrip()
-            if head[:5] in (b"name:", b"layer", b"input") or head[:1] == b"#":
-                raise CaffeModelError(
-                    f"{path}: this is a text prototxt, not a binary caffemodel; "
-                    "pass the .caffemodel file that holds the weights"
-                )
+            head = bytes(mm[:256])
             reader = _Reader(mm, path)
             layers: list[CaffeLayer] = []
             fields_seen = set()
-            for num, wire, value, _ in reader.fields(0, size):
-                if num in (100, 2) and wire == _WIRE_LEN:
-                    fields_seen.add("layer" if num == 100 else "layers")
-                    layers.append(reader.layer(*value, v1=num == 2))
+            try:
+                for num, wire, value, _ in reader.fields(0, size):
+                    if num in (100, 2) and wire == _WIRE_LEN:
+                        fields_seen.add("layer" if num == 100 else "layers")
+                        layers.append(reader.layer(*value, v1=num == 2))
+                if not any(layer.blobs for layer in layers):
+                    raise CaffeModelError(
+                        f"{path}: no layer with weights found; is this a caffemodel of this network?"
+                    )
+            except CaffeModelError:
+                # Only now look at what the file might be instead: a binary
+                # caffemodel can start with printable bytes too.
+                if _looks_like_prototxt(head):
+                    raise CaffeModelError(
+                        f"{path}: this is a text prototxt, not a binary caffemodel; "
+                        "pass the .caffemodel file that holds the weights"
+                    ) from None
+                raise
             # Arrays are copies by now (see _Reader.blob), so the map can close.
-    if not any(layer.blobs for layer in layers):
-        raise CaffeModelError(
-            f"{path}: no layer with weights found; is this a caffemodel of this network?"
-        )
     return layers, "+".join(sorted(fields_seen))
+
+
+def _looks_like_prototxt(head: bytes) -> bool:
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return re.match(r"\s*(#|name\s*:|layers?\s*[{:]|input\s*:)", text) is not None
 
 
 def _expected_shapes(num_classes: int, channel_divisor: int) -> OrderedDict[str, list]:

@@ -63,6 +63,8 @@ KEYS: dict[str, Key] = {
     "PROGRESS": Key(True, "show progress bars on stderr"),
 }
 
+_STRING_KEYS = ("IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL", "WEIGHTS_SHA256")
+
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
 
 
@@ -100,12 +102,18 @@ def parse_args(argv: list[str]) -> dict:
         given = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse arguments: {str(e).splitlines()[0]}") from None
+    raw = dict(arg.split("=", 1) for arg in argv)
     cfg = {name: key.default for name, key in KEYS.items()}
     for name, value in given.items():
         if name not in KEYS:
             close = difflib.get_close_matches(name.upper(), KEYS, n=1)
             hint = f"; did you mean {close[0]}?" if close else "; see --help"
             raise ConfigError(f"unknown key {name!r}{hint}")
+        if name in _STRING_KEYS and name in raw:
+            # Paths, URLs and hashes keep their text: YAML would read an
+            # all-digit hash as a number and "~" or "yes" as something else.
+            text = raw[name].strip()
+            value = None if text in ("", "null", "None") else text
         cfg[name] = value
 
     def need(cond: bool, name: str, what: str) -> None:
@@ -113,9 +121,6 @@ def parse_args(argv: list[str]) -> dict:
             raise ConfigError(f"{name}={cfg[name]!r} is invalid: {what}")
 
     need(cfg["IMGS_DIR"] is not None, "IMGS_DIR", "give the folder of images, e.g. IMGS_DIR=photos")
-    for name in ("IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "WEIGHTS_URL", "WEIGHTS_SHA256", "DEVICE"):
-        if cfg[name] is not None:
-            cfg[name] = str(cfg[name])
     need(_is_int(cfg["BATCH_SIZE"]) and cfg["BATCH_SIZE"] >= 1, "BATCH_SIZE", "expected an integer >= 1")
     t = cfg["MASK_THRESHOLD"]
     need(

@@ -191,7 +191,8 @@ def extract_zip_member(
             with os.fdopen(fd, "wb") as out, zf.open(member) as src:
                 shutil.copyfileobj(src, out, _CHUNK)
             os.replace(tmp, dest)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+            # RuntimeError: encrypted entry; NotImplementedError: unknown compression.
             raise DownloadError(
                 f"{archive}: entry {member!r} is corrupt ({e}); delete the archive and download again"
             ) from None

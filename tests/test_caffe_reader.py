@@ -148,6 +148,18 @@ def test_foreign_files_are_clear_errors(tmp_path, content, match):
     assert str(path) in str(e.value)
 
 
+def test_binary_file_starting_with_printable_bytes_is_not_taken_for_text(tmp_path, layers):
+    from caffe_writer import MESSAGES
+
+    # Net name of length 35: the file starts with b"\n#", which looks like a comment.
+    head = MESSAGES["NetParameter"](name="#" * 35).SerializeToString()
+    assert head.startswith(b"\n#")
+    path = tmp_path / "named.caffemodel"
+    path.write_bytes(head + caffemodel_bytes(layers))
+    sd = load_caffemodel_as_statedict(path)
+    _assert_matches(sd, layers)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CaffeModelError, match="cannot open"):
         read_caffemodel(tmp_path / "nope.caffemodel")

@@ -230,8 +230,9 @@ def test_cli_downloads_verified_weights(tmp_path, images, slim_weights_dir):
     httpd, url = _served(tmp_path, body)
     try:
         wdir = tmp_path / "downloaded"
+        # An all-digit hash must stay text (YAML would make it a number).
         bad = run_cli(f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={images}", "WEIGHTS=fcn8s_500_port",
-                      f"WEIGHTS_URL={url}", "WEIGHTS_SHA256=" + "1" * 64)
+                      f"WEIGHTS_URL={url}", "WEIGHTS_SHA256=" + "0123456789" * 6 + "0123")
         assert bad.returncode == 2 and "sha256 mismatch" in bad.stderr
         assert not list(wdir.iterdir()) and not (images / "portrait.jpg__heatmap.png").exists()
         good = run_cli(f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={images}", "WEIGHTS=fcn8s_500_port",
