@@ -198,13 +198,16 @@ class FaceSegmentationNet(nn.Module):
         """
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if self.face_channel is not None and self.face_channel >= num_classes:
+            raise ValueError(
+                f"the model's face_channel={self.face_channel} does not exist in a "
+                f"{num_classes}-class model; set model.face_channel = None (or 1) first"
+            )
         ref = self.conv1_1.weight
         self.num_classes = int(num_classes)
         self._build_heads(self.num_classes)
         for name in ("score_fr", "score_pool4", "score_pool3", *_DECONVS):
             getattr(self, name).to(device=ref.device, dtype=ref.dtype)
-        if self.face_channel is not None and self.face_channel >= num_classes:
-            self.face_channel = None
 
     def _check_face_channel(self, face_channel: int | None) -> None:
         if face_channel is not None and not 1 <= face_channel < self.num_classes:

@@ -243,6 +243,13 @@ def test_two_class_weights_load_into_default_model(tmp_path):
     assert model(torch.zeros(1, 3, 9, 9)).shape == (1, 2, 9, 9)
 
 
+def test_face_channel_that_the_weights_lack_is_refused(tmp_path):
+    torch.save(FaceSegmentationNet(2, channel_divisor=16).state_dict(), tmp_path / "face_seg_fcn8s.pt")
+    model = FaceSegmentationNet(channel_divisor=16, face_channel=15)
+    with pytest.raises(ValueError, match="face_channel=15 does not exist in a 2-class model"):
+        load_model_parameters(model, tmp_path)
+
+
 def test_width_mismatch_is_explained(tmp_path, slim_weights_dir):
     with pytest.raises(WeightsError, match="from_state_dict"):
         load_model_parameters(FaceSegmentationNet(channel_divisor=8), slim_weights_dir)
