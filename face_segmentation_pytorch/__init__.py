@@ -27,7 +27,10 @@ from .errors import (
 from .imageio import load_image
 from .inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
 from .model import BGR_MEAN, FaceSegmentationNet, scores_to_mask, scores_to_pmap
+from .postprocess import fill_holes, full_postprocess, largest_component, smooth
 from .preprocess import image_to_input, resize_pmap
+from .render import cutout, gallery, overlay
+from .segmenter import FaceSegmenter, Segmentation
 from .weights import (
     DEFAULT_WEIGHTS,
     WEIGHTS,
@@ -48,6 +51,15 @@ __all__ = [
     "DownloadError",
     "FaceSegmentationError",
     "FaceSegmentationNet",
+    "FaceSegmenter",
+    "Segmentation",
+    "cutout",
+    "fill_holes",
+    "full_postprocess",
+    "gallery",
+    "largest_component",
+    "overlay",
+    "smooth",
     "ImageReadError",
     "WEIGHTS",
     "Weights",

@@ -2,21 +2,28 @@
 
 Keys are omegaconf dot-list style (``IMGS_DIR=photos MASK_THRESHOLD=0.5``).
 User mistakes end with one ``error:`` line and exit status 2; images that
-fail to read or write are listed at the end and make the exit status 1.
+fail to read, run or write are listed at the end (and in a CSV log) and make
+the exit status 1; Ctrl-C stops cleanly with a summary and exit status 130.
+Runs resume: images whose outputs all exist are skipped.
 """
 
 from __future__ import annotations
 
+import csv
 import difflib
+import glob
+import io
+import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, FaceSegmentationError, ImageReadError
 
-__all__ = ["main", "parse_args", "KEYS"]
+__all__ = ["main", "parse_args", "KEYS", "collect_inputs"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,14 @@ class Key:
 
 
 _AUTO = "auto"
+FAILURE_LOG_NAME = "face_segmentation_failures.csv"
 
 KEYS: dict[str, Key] = {
-    "IMGS_DIR": Key(None, "folder of input images (required)"),
+    "IMGS_DIR": Key(
+        None,
+        "the images (required): a folder, a text file listing image paths (one per line, "
+        "relative to the file), or a glob pattern such as 'photos/**/*.jpg'",
+    ),
     "MODEL_PARAMS_DIR": Key(
         None,
         "folder with face_seg_fcn8s.pt / .safetensors / .caffemodel; downloaded there when "
@@ -44,6 +56,15 @@ KEYS: dict[str, Key] = {
     "MASK_THRESHOLD": Key(
         None, "null: write heatmaps; a number in (0, 1): write 0/255 masks (__mask.png)"
     ),
+    "POSTPROCESS": Key(
+        None,
+        "steps applied to masks, comma-separated: largest, fill_holes, smooth, full "
+        "(the authors' combined sequence); needs MASK_THRESHOLD",
+    ),
+    "HEATMAP_FORMAT": Key("png8", "png8 (__heatmap.png), png16 (__heatmap16.png) or npy (__heatmap.npy, float32)"),
+    "OVERLAY": Key(False, "also write <name>__overlay.png: the image with the face blended in red"),
+    "CUTOUT": Key(False, "also write <name>__cutout.png: RGBA with the face probability (or mask) as alpha"),
+    "GALLERY": Key(None, "also write this picture: image, overlay and map side by side (first 16 images)"),
     "INPUT_SIZE": Key(
         _AUTO,
         "auto: resize to the weights' input size (500 or 300) like the original tool; "
@@ -58,12 +79,22 @@ KEYS: dict[str, Key] = {
         "channel with background only (15 reproduces the authors' C++ tool)",
     ),
     "RECURSIVE": Key(False, "also read images in sub-folders of IMGS_DIR"),
+    "OVERWRITE": Key(False, "redo images whose outputs exist (default: skip them, so runs resume)"),
+    "FAILURE_LOG": Key(
+        _AUTO,
+        f"CSV of failed images (path, stage, reason); auto: {FAILURE_LOG_NAME} in OUT_DIR "
+        "(or beside the inputs), written only when something failed; null: none",
+    ),
+    "WORKERS": Key(2, "threads that decode and write images while the network runs"),
     "PRE_NORMALIZE": Key(False, "stretch each image to 0..255 first (the original tool does not)"),
     "MAX_IMAGE_PIXELS": Key(None, "raise Pillow's decompression-bomb limit (pixels); null: Pillow's default"),
     "PROGRESS": Key(True, "show progress bars on stderr"),
 }
 
-_STRING_KEYS = ("IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL", "WEIGHTS_SHA256")
+_STRING_KEYS = (
+    "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL",
+    "WEIGHTS_SHA256", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT",
+)
 
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
 
@@ -71,7 +102,8 @@ USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE
 def help_text() -> str:
     lines = [USAGE, "", "Segment faces in every image of a folder.", "", "keys (default, meaning):"]
     for name, key in KEYS.items():
-        default = "null" if key.default is None else str(key.default).lower() if isinstance(key.default, bool) else key.default
+        d = key.default
+        default = "null" if d is None else str(d).lower() if isinstance(d, bool) else d
         lines.append(f"  {name}={default}")
         lines.append(f"      {key.help}")
     lines += [
@@ -122,6 +154,7 @@ def parse_args(argv: list[str]) -> dict:
 
     need(cfg["IMGS_DIR"] is not None, "IMGS_DIR", "give the folder of images, e.g. IMGS_DIR=photos")
     need(_is_int(cfg["BATCH_SIZE"]) and cfg["BATCH_SIZE"] >= 1, "BATCH_SIZE", "expected an integer >= 1")
+    need(_is_int(cfg["WORKERS"]) and cfg["WORKERS"] >= 1, "WORKERS", "expected an integer >= 1")
     t = cfg["MASK_THRESHOLD"]
     need(
         t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1),
@@ -136,10 +169,16 @@ def parse_args(argv: list[str]) -> dict:
     )
     fc = cfg["FACE_CHANNEL"]
     need(fc is None or (_is_int(fc) and fc >= 1), "FACE_CHANNEL", "expected null or a channel index >= 1")
-    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS"):
+    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT"):
         need(isinstance(cfg[name], bool), name, "expected true or false")
     mp = cfg["MAX_IMAGE_PIXELS"]
     need(mp is None or (_is_int(mp) and mp > 0), "MAX_IMAGE_PIXELS", "expected a positive integer")
+    need(cfg["HEATMAP_FORMAT"] in ("png8", "png16", "npy"), "HEATMAP_FORMAT", "expected png8, png16 or npy")
+    if cfg["POSTPROCESS"] is not None:
+        from .postprocess import parse_steps
+
+        parse_steps(cfg["POSTPROCESS"])
+        need(t is not None, "POSTPROCESS", "post-processing works on masks: add MASK_THRESHOLD=0.5")
     sha = cfg["WEIGHTS_SHA256"]
     if sha is not None:
         sha = sha.strip().lower()
@@ -155,167 +194,364 @@ def parse_args(argv: list[str]) -> dict:
 def _resolve_device(name: str | None):
     import torch
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .segmenter import resolve_device
+
     try:
-        device = torch.device(name)
+        device = resolve_device(name)
     except RuntimeError:
         raise ConfigError(f"DEVICE={name!r} is invalid: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"DEVICE={name} asked for CUDA, but this torch ({torch.__version__}) sees no CUDA "
-                "device; use DEVICE=cpu, or install a CUDA build of torch (requirements-gpu.txt)"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"DEVICE={name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-            )
-    elif device.type != "cpu":
+    except ValueError as e:
+        raise ConfigError(f"DEVICE={name}: {e}") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"DEVICE={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"DEVICE={name!r} is not supported: use cpu or cuda")
     return device
 
 
-def _output_paths(images: list[Path], imgs_dir: Path, out_dir: Path | None, suffix: str) -> list[Path]:
-    """Where each image's output goes; same-stem images in one folder keep their extension."""
+_GLOB_CHARS = set("*?[")
+
+
+def collect_inputs(spec: str, recursive: bool) -> tuple[list[Path], Path, list[tuple[Path, str]]]:
+    """Resolve IMGS_DIR to image paths.
+
+    Returns:
+        ``(images, root, missing)``: the images in a stable order, the folder
+        that outputs under OUT_DIR mirror, and listed files that do not exist
+        (each with a reason).
+    """
+    from .imageio import OUTPUT_SUFFIXES, find_images, image_extensions
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        images, skipped = find_images(path, recursive=recursive)
+        if not images:
+            raise ConfigError(
+                f"IMGS_DIR={path}: no image files found"
+                + (f" ({skipped} other files skipped)" if skipped else "")
+                + ("" if recursive else "; add RECURSIVE=true to look in sub-folders")
+            )
+        return images, path, []
+    if path.is_file():
+        # A list of image paths, one per line; '#' starts a comment.
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"IMGS_DIR={path}: cannot read the list file ({e})") from None
+        base = path.parent
+        images, missing, seen = [], [], set()
+        for line in lines:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            p = Path(entry).expanduser()
+            p = p if p.is_absolute() else base / p
+            if p in seen:
+                continue
+            seen.add(p)
+            if p.is_file():
+                images.append(p)
+            else:
+                missing.append((p, f"listed in {path} but no such file"))
+        if not images and not missing:
+            raise ConfigError(f"IMGS_DIR={path}: the list file names no images")
+        every = images + [m for m, _ in missing]
+        root = Path(os.path.commonpath([str(p.parent) for p in every]))
+        return images, root, missing
+    if _GLOB_CHARS & set(spec):
+        exts = image_extensions()
+        images = sorted(
+            Path(p)
+            for p in glob.glob(os.path.expanduser(spec), recursive=True)
+            if os.path.isfile(p) and Path(p).suffix.lower() in exts and not p.endswith(OUTPUT_SUFFIXES)
+        )
+        if not images:
+            raise ConfigError(f"IMGS_DIR={spec}: the pattern matches no image files")
+        root = Path(os.path.commonpath([str(p.parent) for p in images]))
+        return images, root, []
+    raise ConfigError(
+        f"IMGS_DIR={path}: no such folder or file; give a folder, a text file listing images, "
+        "or a glob pattern"
+    )
+
+
+def _output_stems(images: list[Path], root: Path, out_dir: Path | None) -> list[Path]:
+    """Each image's output path without the ``__kind.ext`` suffix.
+
+    Next to the image: ``<file name>``. Under OUT_DIR: ``<stem>`` in the
+    mirrored folder, unless another image there has the same stem (``a.jpg``,
+    ``a.png``): those keep their full name, so none overwrites another.
+    """
     if out_dir is None:
-        return [p.with_name(p.name + suffix) for p in images]
-    rel = [p.relative_to(imgs_dir) for p in images]
-    stems: dict[Path, int] = {}
+        return [p.with_name(p.name) for p in images]
+    rel = [p.relative_to(root) for p in images]
+    counts: dict[Path, int] = {}
     for r in rel:
         key = r.parent / r.stem.lower()
-        stems[key] = stems.get(key, 0) + 1
-    out = []
-    for r in rel:
-        # <stem>__heatmap.png unless another image in the folder has the same
-        # stem (a.jpg and a.png): those keep their full name, so none overwrites another.
-        name = r.stem if stems[r.parent / r.stem.lower()] == 1 else r.name
-        out.append(out_dir / r.parent / (name + suffix))
-    return out
+        counts[key] = counts.get(key, 0) + 1
+    return [
+        out_dir / r.parent / (r.stem if counts[r.parent / r.stem.lower()] == 1 else r.name)
+        for r in rel
+    ]
+
+
+def _output_kinds(cfg: dict) -> list[str]:
+    if cfg["MASK_THRESHOLD"] is not None:
+        kinds = ["__mask.png"]
+    else:
+        kinds = [{"png8": "__heatmap.png", "png16": "__heatmap16.png", "npy": "__heatmap.npy"}[cfg["HEATMAP_FORMAT"]]]
+    if cfg["OVERLAY"]:
+        kinds.append("__overlay.png")
+    if cfg["CUTOUT"]:
+        kinds.append("__cutout.png")
+    return kinds
+
+
+def _write_outputs(seg, stem: Path, kinds: list[str]) -> None:
+    import numpy as np
+
+    from .imageio import save_npy_atomic, save_png_atomic
+    from .render import cutout, heatmap_to_png_array, overlay
+
+    shown = seg.mask if seg.mask is not None else seg.pmap
+    for kind in kinds:
+        target = stem.with_name(stem.name + kind)
+        if kind == "__mask.png":
+            save_png_atomic(seg.mask.astype(np.uint8) * 255, target)
+        elif kind == "__heatmap.png":
+            save_png_atomic(heatmap_to_png_array(seg.pmap, 8), target)
+        elif kind == "__heatmap16.png":
+            save_png_atomic(heatmap_to_png_array(seg.pmap, 16), target)
+        elif kind == "__heatmap.npy":
+            save_npy_atomic(seg.pmap.astype(np.float32), target)
+        elif kind == "__overlay.png":
+            save_png_atomic(overlay(seg.image, shown), target)
+        elif kind == "__cutout.png":
+            save_png_atomic(cutout(seg.image, shown), target)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}={folder}: cannot write there ({e.strerror or e}); choose a writable folder") from None
 
 
 def run(cfg: dict) -> int:
     """Run the batch job described by a parsed config. Returns the exit status."""
-    import torch
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .imageio import find_images, load_image, save_png_atomic
-    from .inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
-    from .model import FaceSegmentationNet
-    from .weights import find_or_download_state_dict, weights_for
+    from .imageio import load_image, save_atomic
+    from .segmenter import FaceSegmenter
 
-    imgs_dir = Path(cfg["IMGS_DIR"]).expanduser()
-    if not imgs_dir.is_dir():
-        raise ConfigError(
-            f"IMGS_DIR={imgs_dir}: {'is not a folder' if imgs_dir.exists() else 'no such folder'}; "
-            "give the folder that holds the images"
-        )
     out_dir = Path(cfg["OUT_DIR"]).expanduser() if cfg["OUT_DIR"] else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"OUT_DIR={out_dir}: is a file; give a folder")
     if cfg["MAX_IMAGE_PIXELS"] is not None:
         Image.MAX_IMAGE_PIXELS = cfg["MAX_IMAGE_PIXELS"]
     device = _resolve_device(cfg["DEVICE"])
+    images, root, missing = collect_inputs(cfg["IMGS_DIR"], cfg["RECURSIVE"])
+    if out_dir is not None:
+        _check_writable(out_dir, "OUT_DIR")
+    kinds = _output_kinds(cfg)
+    stems = _output_stems(images, root, out_dir)
+    todo = [
+        i for i in range(len(images))
+        if cfg["OVERWRITE"] or not all(stems[i].with_name(stems[i].name + k).exists() for k in kinds)
+    ]
+    skipped = len(images) - len(todo)
 
-    images, skipped = find_images(imgs_dir, recursive=cfg["RECURSIVE"])
-    if not images:
-        raise ConfigError(
-            f"IMGS_DIR={imgs_dir}: no image files found"
-            + (f" ({skipped} other files skipped)" if skipped else "")
-            + ("" if cfg["RECURSIVE"] else "; add RECURSIVE=true to look in sub-folders")
-        )
-    threshold = cfg["MASK_THRESHOLD"]
-    suffix = "__heatmap.png" if threshold is None else "__mask.png"
-    outputs = _output_paths(images, imgs_dir, out_dir, suffix)
-
-    state, source = find_or_download_state_dict(
-        cfg["MODEL_PARAMS_DIR"],
-        weights=cfg["WEIGHTS"],
-        url=cfg["WEIGHTS_URL"],
-        sha256=cfg["WEIGHTS_SHA256"],
-        progress=cfg["PROGRESS"],
-    )
-    entry = weights_for(state, cfg["WEIGHTS"])
-    model = FaceSegmentationNet.from_state_dict(
-        state, input_size=entry.input_size, mean_bgr=entry.mean_bgr
-    )
-    del state
-    model = model.to(device).eval()
     fc = cfg["FACE_CHANNEL"]
-    if fc is not None and fc >= model.num_classes:
-        raise ConfigError(
-            f"FACE_CHANNEL={fc} is invalid: the weights have {model.num_classes} channels "
-            f"(use 1..{model.num_classes - 1}; the C++ tool uses {entry.cpp_face_channel})"
+    try:
+        segmenter = FaceSegmenter(
+            cfg["WEIGHTS"],
+            params_dir=cfg["MODEL_PARAMS_DIR"],
+            device=device,
+            input_size=cfg["INPUT_SIZE"],
+            threshold=cfg["MASK_THRESHOLD"],
+            postprocess=cfg["POSTPROCESS"],
+            face_channel=fc,
+            pre_normalize=cfg["PRE_NORMALIZE"],
+            url=cfg["WEIGHTS_URL"],
+            sha256=cfg["WEIGHTS_SHA256"],
+            progress=cfg["PROGRESS"],
         )
-    input_size = entry.input_size if cfg["INPUT_SIZE"] == _AUTO else cfg["INPUT_SIZE"]
+    except ValueError as e:
+        if fc is not None and "face_channel" in str(e):
+            raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
+        raise ConfigError(str(e)) from None
     print(
-        f"face_segmentation_pytorch: {len(images)} images from {imgs_dir}, weights {source}, "
-        f"device {device}, input size {input_size or 'native'}",
+        f"face_segmentation_pytorch: {len(images)} images from {cfg['IMGS_DIR']}"
+        + (f", {skipped} already done (OVERWRITE=true redoes them)" if skipped else "")
+        + f"; weights {segmenter.weights_source}, device {device}, "
+        f"input size {segmenter.input_size or 'native'}",
         file=sys.stderr,
     )
 
-    failures: list[tuple[Path, str]] = []
+    failures: list[tuple[Path, str, str]] = [(p, "read", r) for p, r in missing]
+    gallery_rows: list = []
     done = 0
     bs = cfg["BATCH_SIZE"]
-    batches = [list(range(i, min(i + bs, len(images)))) for i in range(0, len(images), bs)]
+    batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
 
     def read(idx: list[int]):
-        loaded = []
+        out = []
         for i in idx:
             try:
-                loaded.append((i, load_image(images[i])))
+                out.append((i, load_image(images[i])))
             except ImageReadError as e:
-                loaded.append((i, e))
-        return loaded
+                out.append((i, e))
+        return out
 
+    def write(i: int, seg) -> None:
+        _write_outputs(seg, stems[i], kinds)
+
+    interrupted = False
     start = time.perf_counter()
-    bar = tqdm(total=len(images), unit="img", disable=not cfg["PROGRESS"], file=sys.stderr)
-    # Decoding the next batch overlaps with the forward pass of this one.
-    with ThreadPoolExecutor(max_workers=1) as pool, bar:
-        pending = pool.submit(read, batches[0]) if batches else None
-        for b in range(len(batches)):
-            loaded = pending.result()
-            pending = pool.submit(read, batches[b + 1]) if b + 1 < len(batches) else None
+    bar = tqdm(total=len(todo), unit="img", disable=not cfg["PROGRESS"], file=sys.stderr)
+    readers = ThreadPoolExecutor(max_workers=cfg["WORKERS"], thread_name_prefix="fsp-read")
+    writers = ThreadPoolExecutor(max_workers=cfg["WORKERS"], thread_name_prefix="fsp-write")
+    reads: deque[Future] = deque()
+    writes: deque[tuple[int, Future]] = deque()
+
+    def finish_writes(limit: int) -> None:
+        # Bound the results held in memory; collect write failures in order.
+        nonlocal done
+        while len(writes) > limit:
+            i, fut = writes.popleft()
+            try:
+                fut.result()
+                done += 1
+            except (OSError, ValueError) as e:
+                failures.append((images[i], "write", _first_line(e)))
+            bar.update(1)
+
+    try:
+        # Decoding runs a couple of batches ahead of the forward pass, and
+        # writing behind it, in worker threads.
+        ahead = max(2, cfg["WORKERS"])
+        next_batch = 0
+        while next_batch < len(batches) and len(reads) < ahead:
+            reads.append(readers.submit(read, batches[next_batch]))
+            next_batch += 1
+        while reads:
+            loaded = reads.popleft().result()
+            if next_batch < len(batches):
+                reads.append(readers.submit(read, batches[next_batch]))
+                next_batch += 1
             ok = []
             for i, item in loaded:
                 if isinstance(item, ImageReadError):
-                    failures.append((images[i], str(item)))
+                    failures.append((images[i], "read", str(item)))
+                    bar.update(1)
                 else:
                     ok.append((i, item))
-            if ok:
-                try:
-                    pmaps = predict_pmaps(
-                        model,
-                        [img for _, img in ok],
-                        input_size=input_size,
-                        face_channel=fc,
-                        pre_normalize=cfg["PRE_NORMALIZE"],
-                    )
-                except (RuntimeError, ValueError) as e:
-                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    for i, _ in ok:
-                        failures.append((images[i], f"inference failed: {reason}"))
-                    pmaps = []
-                for (i, _), pmap in zip(ok, pmaps):
-                    out = pmap_to_uint8(pmap) if threshold is None else pmap_to_mask(pmap, threshold)
-                    try:
-                        save_png_atomic(out, outputs[i])
-                        done += 1
-                    except OSError as e:
-                        failures.append((images[i], f"cannot write {outputs[i]}: {e.strerror or e}"))
-            bar.update(len(batches[b]))
+            if not ok:
+                continue
+            try:
+                results = segmenter.segment_loaded([img for _, img in ok], [images[i] for i, _ in ok])
+            except (RuntimeError, ValueError) as e:
+                for i, _ in ok:
+                    failures.append((images[i], "inference", _first_line(e)))
+                    bar.update(1)
+                continue
+            for (i, _), seg in zip(ok, results):
+                if cfg["GALLERY"] and len(gallery_rows) < 16:
+                    gallery_rows.append(_gallery_row(images[i], seg))
+                writes.append((i, writers.submit(write, i, seg)))
+            finish_writes(2 * bs * cfg["WORKERS"])
+        finish_writes(0)
+    except KeyboardInterrupt:
+        interrupted = True
+        for fut in reads:
+            fut.cancel()
+        # Writes in flight finish (each is atomic), so what is on disk is whole.
+        try:
+            finish_writes(0)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True)
+        bar.close()
     elapsed = time.perf_counter() - start
-    for path, reason in failures:
+
+    if gallery_rows:
+        from .render import gallery
+
+        try:
+            pic = gallery(gallery_rows, headers=("image", "overlay", "mask" if cfg["MASK_THRESHOLD"] else "heatmap"))
+            buf = io.BytesIO()
+            fmt = "JPEG" if cfg["GALLERY"].lower().endswith((".jpg", ".jpeg")) else "PNG"
+            pic.save(buf, format=fmt, quality=90)
+            save_atomic(Path(cfg["GALLERY"]), lambda f: f.write(buf.getvalue()))
+        except (OSError, ValueError) as e:
+            failures.append((Path(cfg["GALLERY"]), "gallery", _first_line(e)))
+
+    for path, stage, reason in failures:
         msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
-        print(f"failed: {msg}", file=sys.stderr)
+        print(f"failed ({stage}): {msg}", file=sys.stderr)
+    log = _write_failure_log(cfg, out_dir, root, failures)
     rate = done / elapsed if elapsed > 0 else 0.0
-    print(
-        f"face_segmentation_pytorch: {done} images done, {len(failures)} failed, "
-        f"{rate:.2f} images/s",
-        file=sys.stderr,
+    summary = (
+        "face_segmentation_pytorch: "
+        + ("interrupted; " if interrupted else "")
+        + f"{done} images done, {len(failures)} failed, "
+        f"{skipped} skipped (outputs exist), {rate:.2f} images/s"
+        + (f"; failures listed in {log}" if log is not None else "")
+        + ("; run the same command again to resume" if interrupted else "")
     )
+    print(summary, file=sys.stderr)
+    if interrupted:
+        return 130
     return 1 if failures else 0
+
+
+def _gallery_row(path: Path, seg):
+    import numpy as np
+    from PIL import Image
+
+    from .render import heatmap_to_png_array, overlay
+
+    shown = seg.mask if seg.mask is not None else seg.pmap
+    thumb = seg.image.copy()
+    thumb.thumbnail((512, 512))
+    small = Image.fromarray(heatmap_to_png_array(shown.astype(np.float32), 8)).resize(thumb.size, Image.BILINEAR)
+    return (path.name, [thumb, overlay(thumb, np.asarray(small, np.float32) / 255.0), small])
+
+
+def _write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) -> Path | None:
+    from .imageio import save_atomic
+
+    setting = cfg["FAILURE_LOG"]
+    if setting is None:
+        return None
+    path = Path(setting).expanduser() if setting != _AUTO else (out_dir or root) / FAILURE_LOG_NAME
+    if not failures:
+        if setting == _AUTO and path.is_file():
+            path.unlink()  # a log of an earlier run; this run has no failures
+        return None
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "stage", "reason"])
+    for p, stage, reason in failures:
+        w.writerow([str(p), stage, reason])
+    try:
+        save_atomic(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    except OSError as e:
+        print(f"warning: cannot write the failure log {path}: {e.strerror or e}", file=sys.stderr)
+        return None
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,5 +566,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("face_segmentation_pytorch: interrupted before any image was processed", file=sys.stderr)
         return 130

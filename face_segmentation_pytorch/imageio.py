@@ -16,12 +16,21 @@ __all__ = [
     "to_rgb",
     "image_extensions",
     "find_images",
+    "save_atomic",
     "save_png_atomic",
+    "save_npy_atomic",
     "OUTPUT_SUFFIXES",
 ]
 
 #: File name endings of this tool's own outputs; never read back as inputs.
-OUTPUT_SUFFIXES = ("__heatmap.png", "__mask.png")
+OUTPUT_SUFFIXES = (
+    "__heatmap.png",
+    "__heatmap16.png",
+    "__heatmap.npy",
+    "__mask.png",
+    "__overlay.png",
+    "__cutout.png",
+)
 
 
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -117,18 +126,29 @@ def find_images(folder: str | os.PathLike, *, recursive: bool = False) -> tuple[
     return sorted(images), skipped
 
 
-def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a 2-d uint8 or uint16 array as PNG under a temporary name, then rename.
+def save_atomic(path: str | os.PathLike, write) -> None:
+    """Call ``write(file object)`` on a temporary file beside ``path``, then rename.
 
-    A crash or full disk never leaves a half-written file under ``path``.
+    A crash, Ctrl-C or full disk never leaves a half-written file under ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
+            write(f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_png_atomic(image: np.ndarray | Image.Image, path: str | os.PathLike) -> None:
+    """Write an array (2-d uint8/uint16, or RGB/RGBA uint8) or PIL image as PNG, atomically."""
+    pic = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    save_atomic(path, lambda f: pic.save(f, format="PNG"))
+
+
+def save_npy_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an array as ``.npy``, atomically."""
+    save_atomic(path, lambda f: np.save(f, array))

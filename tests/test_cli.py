@@ -117,7 +117,7 @@ def test_bad_files_are_reported_and_the_run_goes_on(images, slim_weights_dir):
     (images / "notes.txt").write_text("not an image")
     proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", "PROGRESS=false")
     assert proc.returncode == 1
-    assert f"failed: {images / 'broken.jpg'}: " in proc.stderr
+    assert f"failed (read): {images / 'broken.jpg'}: " in proc.stderr
     assert "3 images done, 1 failed" in _last_line(proc)
     assert (images / "portrait.jpg__heatmap.png").exists()
     assert not (images / "broken.jpg__heatmap.png").exists()
@@ -188,7 +188,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, slim_weights_dir, args, mes
 def test_cuda_requested_without_cuda(images, slim_weights_dir):
     proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", "DEVICE=cuda")
     assert proc.returncode == 2
-    assert "sees no CUDA device; use DEVICE=cpu" in proc.stderr
+    assert "sees no CUDA device; use cpu" in proc.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
