@@ -154,9 +154,20 @@ def test_find_images_skips_outputs_and_non_images(tmp_path):
     assert [p.name for p in images] == ["a.jpg", "b.PNG", "d.tif"]
 
 
-def test_save_png_atomic_leaves_no_partial_file(tmp_path):
+def test_atomic_writes_leave_no_partial_file(tmp_path):
+    from face_segmentation_pytorch.imageio import save_atomic
+
     save_png_atomic(np.zeros((3, 3), np.uint8), tmp_path / "ok.png")
     assert Image.open(tmp_path / "ok.png").size == (3, 3)
-    with pytest.raises(Exception):
-        save_png_atomic(np.zeros((3, 3, 7), np.uint8), tmp_path / "bad.png")
+
+    def half_then_fail(f):
+        f.write(b"\x89PNG half of a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic(tmp_path / "bad.png", half_then_fail)
+    # An existing output is not touched by a failed rewrite either.
+    with pytest.raises(OSError):
+        save_atomic(tmp_path / "ok.png", half_then_fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]
+    assert Image.open(tmp_path / "ok.png").size == (3, 3)
