@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         "safetensors": ["safetensors>=0.4"],
+        "postprocess": ["opencv-python-headless>=4.5,<5"],
         "test": [
             "pytest>=7",
             "protobuf>=4.21",
