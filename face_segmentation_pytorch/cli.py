@@ -450,12 +450,19 @@ def run(cfg: dict) -> int:
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
 
     def read(idx: list[int]):
+        # In a worker thread: decode, detect faces, crop, resize, subtract the mean.
         out = []
         for i in idx:
             try:
-                out.append((i, load_image(images[i])))
+                img = load_image(images[i])
             except ImageReadError as e:
-                out.append((i, e))
+                out.append((i, ("read", str(e))))
+                continue
+            try:
+                boxes = user_boxes[i] if user_boxes is not None else None
+                out.append((i, segmenter.prepare(img, images[i], boxes)))
+            except (RuntimeError, ValueError, OSError) as e:
+                out.append((i, ("prepare", _first_line(e))))
         return out
 
     def write(i: int, seg) -> None:
@@ -496,19 +503,15 @@ def run(cfg: dict) -> int:
                 next_batch += 1
             ok = []
             for i, item in loaded:
-                if isinstance(item, ImageReadError):
-                    failures.append((images[i], "read", str(item)))
+                if isinstance(item, tuple):
+                    failures.append((images[i], *item))
                     bar.update(1)
                 else:
                     ok.append((i, item))
             if not ok:
                 continue
             try:
-                results = segmenter.segment_loaded(
-                    [img for _, img in ok],
-                    [images[i] for i, _ in ok],
-                    boxes=[user_boxes[i] for i, _ in ok] if user_boxes is not None else None,
-                )
+                results = segmenter.run([prepared for _, prepared in ok])
             except (RuntimeError, ValueError) as e:
                 for i, _ in ok:
                     failures.append((images[i], "inference", _first_line(e)))

@@ -10,12 +10,41 @@ import torch
 from .model import FaceSegmentationNet
 from .preprocess import image_to_input, resize_pmap
 
-__all__ = ["predict_pmaps", "pmap_to_uint8", "pmap_to_mask"]
+__all__ = ["predict_pmaps", "run_inputs", "pmap_to_uint8", "pmap_to_mask"]
 
 _DEFAULT = "default"
 
 
 @torch.inference_mode()
+def run_inputs(
+    model: FaceSegmentationNet,
+    inputs: Sequence[torch.Tensor],
+    sizes: Sequence[tuple[int, int]],
+    *,
+    face_channel: int | None | str = _DEFAULT,
+    device: torch.device | str | None = None,
+) -> list[torch.Tensor]:
+    """Run prepared ``(3, h, w)`` inputs and bring each map to its ``sizes`` entry.
+
+    Inputs that share a shape run as one batch.
+
+    Returns:
+        One float32 ``(H, W)`` CPU tensor in ``[0, 1]`` per input.
+    """
+    if device is None:
+        device = model.conv1_1.weight.device
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(inputs):
+        groups.setdefault(tuple(x.shape), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(inputs)
+    for idx in groups.values():
+        batch = torch.stack([inputs[i] for i in idx]).to(device)
+        pmaps = model(batch, as_pmap=True, face_channel=face_channel).float()
+        for j, i in enumerate(idx):
+            out[i] = resize_pmap(pmaps[j], sizes[i]).cpu()
+    return out  # type: ignore[return-value]
+
+
 def predict_pmaps(
     model: FaceSegmentationNet,
     images: Sequence,
@@ -47,8 +76,6 @@ def predict_pmaps(
     """
     if input_size == _DEFAULT:
         input_size = model.input_size
-    if device is None:
-        device = model.conv1_1.weight.device
     inputs = [
         image_to_input(img, size=input_size, mean_bgr=model.mean_bgr, pre_normalize=pre_normalize)
         for img in images
@@ -57,16 +84,7 @@ def predict_pmaps(
         (img.shape[0], img.shape[1]) if isinstance(img, np.ndarray) else (img.height, img.width)
         for img in images
     ]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, x in enumerate(inputs):
-        groups.setdefault(tuple(x.shape), []).append(i)
-    out: list[torch.Tensor | None] = [None] * len(inputs)
-    for idx in groups.values():
-        batch = torch.stack([inputs[i] for i in idx]).to(device)
-        pmaps = model(batch, as_pmap=True, face_channel=face_channel).float()
-        for j, i in enumerate(idx):
-            out[i] = resize_pmap(pmaps[j], sizes[i]).cpu()
-    return out  # type: ignore[return-value]
+    return run_inputs(model, inputs, sizes, face_channel=face_channel, device=device)
 
 
 def pmap_to_uint8(pmap: torch.Tensor) -> np.ndarray:

@@ -7,6 +7,7 @@ drift apart.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,13 @@ from PIL import Image
 
 from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from .imageio import load_image
-from .inference import predict_pmaps
+from .inference import run_inputs
+from .preprocess import image_to_input
 from .model import FaceSegmentationNet
 from .postprocess import apply_steps, parse_steps
 from .weights import DEFAULT_WEIGHTS, Weights, find_or_download_state_dict, weights_for
 
-__all__ = ["FaceSegmenter", "Segmentation", "resolve_device"]
+__all__ = ["FaceSegmenter", "Prepared", "Segmentation", "resolve_device"]
 
 _AUTO = "auto"
 
@@ -72,6 +74,25 @@ class Segmentation:
         full = np.zeros(self.size, bool)
         full[y : y + h, x : x + w] = self.face_masks[k]
         return full
+
+
+@dataclass
+class Prepared:
+    """An image made ready for the network by :meth:`FaceSegmenter.prepare`.
+
+    Attributes:
+        image: The RGB image.
+        path: Where it came from, if known.
+        inputs: ``(3, h, w)`` network inputs: the whole image, or one per face.
+        sizes: ``(height, width)`` each input's map is brought back to.
+        faces: ``None`` for a whole-image run, else the faces (possibly none).
+    """
+
+    image: Image.Image = field(repr=False)
+    path: Path | None
+    inputs: list[torch.Tensor] = field(repr=False)
+    sizes: list[tuple[int, int]]
+    faces: list[Face] | None
 
 
 class FaceSegmenter:
@@ -125,10 +146,20 @@ class FaceSegmenter:
         if self.steps and threshold is None:
             raise ValueError("post-processing works on masks: give a threshold (e.g. 0.5)")
         self.device = resolve_device(device)
-        if crop is None or isinstance(crop, FaceDetector):
+        # prepare() may run in several threads; OpenCV DNN nets are not to be
+        # shared between threads, so each thread builds its own detector.
+        self._local = threading.local()
+        self._detector_lock = threading.Lock()
+        self._make_detector = None
+        if crop is None:
+            self.detector = None
+        elif isinstance(crop, FaceDetector):
             self.detector = crop
+            self._make_detector = None
         elif crop == "faces":
-            self.detector = FaceDetector(min_score=min_face_score)
+            self.detector = FaceDetector(min_score=min_face_score)  # fails early without the extra
+            self._make_detector = lambda: FaceDetector(min_score=min_face_score)
+            self._local.detector = self.detector
         else:
             raise ValueError(f"crop must be None, 'faces' or a FaceDetector, got {crop!r}")
         if isinstance(model, FaceSegmentationNet):
@@ -174,18 +205,80 @@ class FaceSegmenter:
         results = self.segment_loaded(pics, paths, boxes=boxes)
         return results[0] if single else results
 
-    def _pmaps(self, images) -> list[np.ndarray]:
-        if not images:
-            return []
-        pmaps = predict_pmaps(
-            self.model,
-            images,
-            input_size=self.input_size,
-            face_channel=self.face_channel,
-            pre_normalize=self.pre_normalize,
-            device=self.device,
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        if self._make_detector is None:  # a detector object given by the caller
+            with self._detector_lock:
+                return self.detector.detect(rgb)
+        det = getattr(self._local, "detector", None)
+        if det is None:
+            det = self._local.detector = self._make_detector()
+        return det.detect(rgb)
+
+    def _input(self, img) -> torch.Tensor:
+        return image_to_input(
+            img, size=self.input_size, mean_bgr=self.model.mean_bgr, pre_normalize=self.pre_normalize
         )
-        return [p.numpy() for p in pmaps]
+
+    def prepare(
+        self,
+        image: Image.Image | np.ndarray,
+        path: Path | None = None,
+        boxes: Sequence[tuple[int, int, int, int]] | None = None,
+    ) -> Prepared:
+        """Everything before the network for one image: face detection or the
+        given boxes, crops, resizing and mean subtraction. Thread-safe, so a
+        pipeline can run it in worker threads while :meth:`run` computes."""
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        if self.detector is None and boxes is None:
+            return Prepared(pil, path, [self._input(pil)], [(pil.height, pil.width)], None)
+        rgb = np.asarray(pil)
+        if boxes is not None:
+            faces = [Face(_clip_box(b, rgb.shape[1], rgb.shape[0])) for b in boxes]
+            faces = [f for f in faces if f.box[2] > 0 and f.box[3] > 0]
+        elif self.detector is not None:
+            faces = self._detect(rgb)
+        else:
+            faces = []
+        inputs = [self._input(rgb[y : y + h, x : x + w]) for x, y, w, h in (f.box for f in faces)]
+        return Prepared(pil, path, inputs, [(f.box[3], f.box[2]) for f in faces], faces)
+
+    def run(self, prepared: Sequence[Prepared]) -> list[Segmentation]:
+        """Run the network on prepared images (all their inputs in one batch
+        where shapes allow) and assemble full-size maps and masks.
+
+        With cropping, each face is thresholded and post-processed on its own
+        (so ``largest`` keeps one region per face), and the results are pasted
+        into full-size maps: the probability is the maximum over faces and 0
+        elsewhere, the mask the union.
+        """
+        inputs = [x for p in prepared for x in p.inputs]
+        sizes = [sz for p in prepared for sz in p.sizes]
+        maps = iter(
+            run_inputs(self.model, inputs, sizes, face_channel=self.face_channel, device=self.device)
+            if inputs
+            else []
+        )
+        out = []
+        for p in prepared:
+            if p.faces is None:
+                pmap = next(maps).numpy()
+                mask = None if self.threshold is None else apply_steps(pmap > self.threshold, self.steps)
+                out.append(Segmentation(pmap, mask, p.image, p.path))
+                continue
+            full = np.zeros((p.image.height, p.image.width), np.float32)
+            union = None if self.threshold is None else np.zeros(full.shape, bool)
+            face_masks = None if self.threshold is None else []
+            for face in p.faces:
+                x, y, w, h = face.box
+                pmap = next(maps).numpy()
+                region = full[y : y + h, x : x + w]
+                np.maximum(region, pmap, out=region)
+                if union is not None:
+                    m = apply_steps(pmap > self.threshold, self.steps)
+                    union[y : y + h, x : x + w] |= m
+                    face_masks.append(m)
+            out.append(Segmentation(full, union, p.image, p.path, p.faces, face_masks))
+        return out
 
     def segment_loaded(
         self,
@@ -194,57 +287,10 @@ class FaceSegmenter:
         *,
         boxes: Sequence[Sequence[tuple[int, int, int, int]] | None] | None = None,
     ) -> list[Segmentation]:
-        """Segment images already in memory as one batch (grouped by input shape).
-
-        With cropping (``crop="faces"`` or ``boxes``), every face crop of
-        every image runs in the batch; each face is thresholded and
-        post-processed on its own (so ``largest`` keeps one region per face),
-        and the results are pasted into full-size maps: the probability is
-        the maximum over faces and 0 elsewhere, the mask the union.
-        """
-        pils = [img if isinstance(img, Image.Image) else Image.fromarray(img) for img in images]
-        paths = list(paths) if paths is not None else [None] * len(pils)
-        if self.detector is None and boxes is None:
-            out = []
-            for pil, p, path in zip(pils, self._pmaps(images), paths):
-                mask = None if self.threshold is None else apply_steps(p > self.threshold, self.steps)
-                out.append(Segmentation(p, mask, pil, path))
-            return out
-
-        arrays = [np.asarray(pil) for pil in pils]
-        faces_per_image: list[list[Face]] = []
-        for i, rgb in enumerate(arrays):
-            given = boxes[i] if boxes is not None else None
-            if given is not None:
-                faces = [Face(_clip_box(b, rgb.shape[1], rgb.shape[0])) for b in given]
-                faces = [f for f in faces if f.box[2] > 0 and f.box[3] > 0]
-            elif self.detector is not None:
-                faces = self.detector.detect(rgb)
-            else:
-                faces = []
-            faces_per_image.append(faces)
-        crops = [
-            arrays[i][y : y + h, x : x + w]
-            for i, faces in enumerate(faces_per_image)
-            for x, y, w, h in (f.box for f in faces)
-        ]
-        crop_pmaps = iter(self._pmaps(crops))
-        out = []
-        for pil, rgb, faces, path in zip(pils, arrays, faces_per_image, paths):
-            full = np.zeros(rgb.shape[:2], np.float32)
-            union = None if self.threshold is None else np.zeros(rgb.shape[:2], bool)
-            face_masks = None if self.threshold is None else []
-            for face in faces:
-                x, y, w, h = face.box
-                p = next(crop_pmaps)
-                region = full[y : y + h, x : x + w]
-                np.maximum(region, p, out=region)
-                if union is not None:
-                    m = apply_steps(p > self.threshold, self.steps)
-                    union[y : y + h, x : x + w] |= m
-                    face_masks.append(m)
-            out.append(Segmentation(full, union, pil, path, faces, face_masks))
-        return out
+        """:meth:`prepare` then :meth:`run` for images already in memory, as one batch."""
+        paths = list(paths) if paths is not None else [None] * len(images)
+        boxes = list(boxes) if boxes is not None else [None] * len(images)
+        return self.run([self.prepare(img, p, b) for img, p, b in zip(images, paths, boxes)])
 
 
 def _clip_box(box, width: int, height: int) -> tuple[int, int, int, int]:
