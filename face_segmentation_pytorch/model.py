@@ -236,6 +236,10 @@ class FaceSegmentationNet(nn.Module):
             ``(N, num_classes, H, W)`` scores (Caffe's ``score`` blob), or with
             ``as_pmap=True`` an ``(N, H, W)`` face probability in ``[0, 1]``.
         """
+        if self._channels_last():
+            # Weights converted with model.to(memory_format=torch.channels_last):
+            # feed oneDNN / cuDNN the matching layout (measured faster on CPU).
+            x = x.contiguous(memory_format=torch.channels_last)
         data = x
         h = x
         pool3 = pool4 = None
@@ -265,6 +269,10 @@ class FaceSegmentationNet(nn.Module):
         rule = self.face_channel if face_channel == "default" else face_channel
         self._check_face_channel(rule)
         return scores_to_pmap(score, face_channel=rule)
+
+    def _channels_last(self) -> bool:
+        w = self.conv1_2.weight
+        return not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
 
     def img_to_input(
         self,

@@ -119,6 +119,8 @@ class FaceSegmenter:
             ``[crop]`` extra), segments each face's crop box and pastes the
             results back at full size; a :class:`FaceDetector` to use instead.
         min_face_score: Detector confidence cut-off for ``crop="faces"``.
+        channels_last: Run in channels-last memory layout; ``None``: on CPU,
+            where it is measured fastest.
         url, sha256: Override the weights' download source and hash.
         progress: Show a progress bar while downloading weights.
     """
@@ -136,6 +138,7 @@ class FaceSegmenter:
         pre_normalize: bool = False,
         crop: str | FaceDetector | None = None,
         min_face_score: float = DEFAULT_MIN_FACE_SCORE,
+        channels_last: bool | None = None,
         url: str | None = None,
         sha256: str | None = None,
         progress: bool = True,
@@ -178,6 +181,10 @@ class FaceSegmenter:
                 f"{net.num_classes} channels (use 1..{net.num_classes - 1}, or None)"
             )
         self.model = net.to(self.device).eval()
+        if channels_last if channels_last is not None else self.device.type == "cpu":
+            # The fastest exact layout on CPU (benchmarks/bench.py); the
+            # oracle tests check it against Caffe too.
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.input_size = net.input_size if input_size == _AUTO else input_size
         self.threshold = threshold
         self.face_channel = face_channel

@@ -81,6 +81,20 @@ def test_deploy_fixed_layers_equal_caffe(tmp_path, reference_prototxt):
     assert _rel_err(_ours(net, x), net.opencv_scores(x)) < TOL
 
 
+@pytest.mark.parametrize("size", [(1, 1), (257, 513)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_channels_last_layout_equals_caffe(slim_net, size):
+    """The default CPU path (FaceSegmenter, CLI) runs channels-last."""
+    x = _input(*size)
+    ref = slim_net.opencv_scores(x)
+    model = FaceSegmentationNet.from_state_dict(load_caffemodel_as_statedict(slim_net.caffemodel)).eval()
+    model = model.to(memory_format=torch.channels_last)
+    assert model._channels_last()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    assert _rel_err(out, ref) < TOL
+    np.testing.assert_array_equal(scores_to_mask(torch.from_numpy(out)).numpy(), ref.argmax(axis=1) != 0)
+
+
 def test_floor_mode_pooling_is_detected(slim_net):
     """The oracle can fail: the earlier port's floor-mode pooling disagrees with Caffe."""
     x = _input(257, 513)
@@ -167,3 +181,9 @@ def test_full_size_network_equals_caffe(tmp_path, reference_prototxt):
             out = model(torch.from_numpy(x)).numpy()
         assert _rel_err(out, ref) < TOL
         np.testing.assert_array_equal(scores_to_mask(torch.from_numpy(out)).numpy(), ref.argmax(1) != 0)
+    # The default CPU layout, on the full net.
+    model = model.to(memory_format=torch.channels_last)
+    x = _input(45, 31, seed=8)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    assert _rel_err(out, net.opencv_scores(x)) < TOL
