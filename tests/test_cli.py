@@ -59,8 +59,8 @@ def test_heatmaps_next_to_images(images, slim_weights_dir):
         out = Image.open(images / f"{name}__heatmap.png")
         assert out.mode == "L" and out.size == src.size
     # The CLI computes what the Python API computes.
-    model = fsp.FaceSegmentationNet.from_state_dict(torch.load(slim_weights_dir / "face_seg_fcn8s.pt", weights_only=True))
-    expected = fsp.pmap_to_uint8(fsp.predict_pmaps(model.eval(), [fsp.load_image(images / "portrait.jpg")])[0])
+    segmenter = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=None)
+    expected = fsp.render.heatmap_to_png_array(segmenter.segment(images / "portrait.jpg").pmap)
     np.testing.assert_array_equal(np.asarray(Image.open(images / "portrait.jpg__heatmap.png")), expected)
     assert len(np.unique(expected)) > 10
 
