@@ -78,6 +78,11 @@ KEYS: dict[str, Key] = {
     ),
     "PER_FACE": Key(False, "with CROP or BOXES and MASK_THRESHOLD: also write one mask per face (__face<k>__mask.png)"),
     "MIN_FACE_SCORE": Key(0.95, "detector confidence below which faces are ignored (CROP=faces)"),
+    "BACKEND": Key(
+        "torch",
+        "torch, or onnxruntime (CPU; pip install 'face_segmentation_pytorch[onnx]'): exports the "
+        "network once to <weights file>.onnx beside the weights and runs it in ONNX Runtime",
+    ),
     "INPUT_SIZE": Key(
         _AUTO,
         "auto: resize to the weights' input size (500 or 300) like the original tool; "
@@ -106,7 +111,7 @@ KEYS: dict[str, Key] = {
 
 _STRING_KEYS = (
     "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL",
-    "WEIGHTS_SHA256", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES",
+    "WEIGHTS_SHA256", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES", "BACKEND",
 )
 
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
@@ -183,6 +188,7 @@ def parse_args(argv: list[str]) -> dict:
     fc = cfg["FACE_CHANNEL"]
     need(fc is None or (_is_int(fc) and fc >= 1), "FACE_CHANNEL", "expected null or a channel index >= 1")
     need(cfg["CROP"] in (None, "faces"), "CROP", "expected null or faces")
+    need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
     ms = cfg["MIN_FACE_SCORE"]
     need(isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms <= 1, "MIN_FACE_SCORE", "expected a number in [0, 1]")
     for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT", "PER_FACE"):
@@ -414,6 +420,7 @@ def run(cfg: dict) -> int:
             pre_normalize=cfg["PRE_NORMALIZE"],
             crop=cfg["CROP"],
             min_face_score=cfg["MIN_FACE_SCORE"],
+            backend=cfg["BACKEND"],
             url=cfg["WEIGHTS_URL"],
             sha256=cfg["WEIGHTS_SHA256"],
             progress=cfg["PROGRESS"],
@@ -425,8 +432,9 @@ def run(cfg: dict) -> int:
     print(
         f"face_segmentation_pytorch: {len(images)} images from {cfg['IMGS_DIR']}"
         + (f", {skipped} already done (OVERWRITE=true redoes them)" if skipped else "")
-        + f"; weights {segmenter.weights_source}, device {device}, "
-        f"input size {segmenter.input_size or 'native'}",
+        + f"; weights {segmenter.weights_source}, device {device}"
+        + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
+        + f", input size {segmenter.input_size or 'native'}",
         file=sys.stderr,
     )
 

@@ -26,20 +26,28 @@ def run_inputs(
 ) -> list[torch.Tensor]:
     """Run prepared ``(3, h, w)`` inputs and bring each map to its ``sizes`` entry.
 
-    Inputs that share a shape run as one batch.
+    Inputs that share a shape run as one batch. ``model`` is a network, or a
+    function from an input batch to ``(N, H, W)`` probabilities (another backend).
 
     Returns:
         One float32 ``(H, W)`` CPU tensor in ``[0, 1]`` per input.
     """
-    if device is None:
-        device = model.conv1_1.weight.device
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        forward = model  # a backend function: batch -> (N, H, W) probabilities
+    else:
+        if device is None:
+            device = model.conv1_1.weight.device
+
+        def forward(batch):
+            return model(batch.to(device), as_pmap=True, face_channel=face_channel)
+
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, x in enumerate(inputs):
         groups.setdefault(tuple(x.shape), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(inputs)
     for idx in groups.values():
-        batch = torch.stack([inputs[i] for i in idx]).to(device)
-        pmaps = model(batch, as_pmap=True, face_channel=face_channel).float()
+        batch = torch.stack([inputs[i] for i in idx])
+        pmaps = forward(batch).float()
         for j, i in enumerate(idx):
             out[i] = resize_pmap(pmaps[j], sizes[i]).cpu()
     return out  # type: ignore[return-value]

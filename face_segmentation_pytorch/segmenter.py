@@ -121,6 +121,9 @@ class FaceSegmenter:
         min_face_score: Detector confidence cut-off for ``crop="faces"``.
         channels_last: Run in channels-last memory layout; ``None``: on CPU,
             where it is measured fastest.
+        backend: ``"torch"``, or ``"onnxruntime"`` (CPU; the ``[onnx]``
+            extra): the network is exported once to ``<weights file>.onnx``
+            beside the weights and run by ONNX Runtime.
         url, sha256: Override the weights' download source and hash.
         progress: Show a progress bar while downloading weights.
     """
@@ -139,6 +142,7 @@ class FaceSegmenter:
         crop: str | FaceDetector | None = None,
         min_face_score: float = DEFAULT_MIN_FACE_SCORE,
         channels_last: bool | None = None,
+        backend: str = "torch",
         url: str | None = None,
         sha256: str | None = None,
         progress: bool = True,
@@ -180,15 +184,21 @@ class FaceSegmenter:
                 f"face_channel={face_channel} does not exist: the weights have "
                 f"{net.num_classes} channels (use 1..{net.num_classes - 1}, or None)"
             )
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        if backend == "onnxruntime" and self.device.type != "cpu":
+            raise ValueError("backend 'onnxruntime' runs on the CPU here: use device='cpu'")
+        self.input_size = net.input_size if input_size == _AUTO else input_size
+        self.threshold = threshold
+        self.face_channel = face_channel
+        self.pre_normalize = pre_normalize
+        self.backend = backend
+        self._forward = self._onnxruntime_forward(net.eval()) if backend == "onnxruntime" else None
         self.model = net.to(self.device).eval()
         if channels_last if channels_last is not None else self.device.type == "cpu":
             # The fastest exact layout on CPU (benchmarks/bench.py); the
             # oracle tests check it against Caffe too.
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.input_size = net.input_size if input_size == _AUTO else input_size
-        self.threshold = threshold
-        self.face_channel = face_channel
-        self.pre_normalize = pre_normalize
 
     def segment(self, images, boxes=None):
         """Segment one image or a list of them.
@@ -211,6 +221,37 @@ class FaceSegmenter:
         pics = [load_image(x) if p is not None else x for x, p in zip(items, paths)]
         results = self.segment_loaded(pics, paths, boxes=boxes)
         return results[0] if single else results
+
+    def _onnxruntime_forward(self, net: FaceSegmentationNet):
+        """Export ``net`` beside its weights (once) and return a batch -> pmap function."""
+        from .errors import FaceSegmentationError
+        from .export import export_onnx
+        from .model import scores_to_pmap
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FaceSegmentationError(
+                "backend onnxruntime needs the onnx extra: pip install 'face_segmentation_pytorch[onnx]'"
+            ) from None
+        if self.weights_source is not None:
+            onnx_path = Path(str(self.weights_source) + ".onnx")
+            stale = not onnx_path.exists() or onnx_path.stat().st_mtime < Path(self.weights_source).stat().st_mtime
+        else:  # a model object: export to a private temporary file
+            import tempfile
+
+            onnx_path, stale = Path(tempfile.mkdtemp(prefix="fsp_onnx_")) / "model.onnx", True
+        if stale:
+            export_onnx(net, onnx_path)
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.onnx_path = onnx_path
+        face_channel = self.face_channel
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            scores = session.run(["score"], {"data": batch.contiguous().numpy()})[0]
+            return scores_to_pmap(torch.from_numpy(scores), face_channel=face_channel)
+
+        return forward
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:
         if self._make_detector is None:  # a detector object given by the caller
@@ -260,8 +301,9 @@ class FaceSegmenter:
         """
         inputs = [x for p in prepared for x in p.inputs]
         sizes = [sz for p in prepared for sz in p.sizes]
+        runner = self._forward if self._forward is not None else self.model
         maps = iter(
-            run_inputs(self.model, inputs, sizes, face_channel=self.face_channel, device=self.device)
+            run_inputs(runner, inputs, sizes, face_channel=self.face_channel, device=self.device)
             if inputs
             else []
         )

@@ -51,3 +51,47 @@ def test_missing_onnx_is_a_clear_error(tmp_path, slim_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     with pytest.raises(FaceSegmentationError, match=r"pip install 'face_segmentation_pytorch\[onnx\]'"):
         export_onnx(slim_model, tmp_path / "x.onnx")
+
+
+@pytest.fixture()
+def smooth_photo(tmp_path):
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:90, 0:120]
+    img = np.stack([xx * 2, yy * 2, 255 - xx], -1).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "p.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_onnxruntime_backend_equals_torch_backend(tmp_path, slim_weights_dir, smooth_photo):
+    import face_segmentation_pytorch as fsp
+
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    (wdir / "face_seg_fcn8s.pt").write_bytes((slim_weights_dir / "face_seg_fcn8s.pt").read_bytes())
+    torch_seg = fsp.FaceSegmenter(params_dir=wdir, device="cpu")
+    ort_seg = fsp.FaceSegmenter(params_dir=wdir, device="cpu", backend="onnxruntime")
+    assert ort_seg.onnx_path == wdir / "face_seg_fcn8s.pt.onnx" and ort_seg.onnx_path.exists()
+    a, b = torch_seg.segment(smooth_photo), ort_seg.segment(smooth_photo)
+    np.testing.assert_allclose(a.pmap, b.pmap, atol=1e-5)
+    # The export is reused, not redone.
+    stamp = ort_seg.onnx_path.stat().st_mtime_ns
+    fsp.FaceSegmenter(params_dir=wdir, device="cpu", backend="onnxruntime")
+    assert ort_seg.onnx_path.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="backend must be"):
+        fsp.FaceSegmenter(params_dir=wdir, backend="tensorrt")
+    # The CLI with BACKEND=onnxruntime writes what the torch backend writes, to rounding.
+    out_t, out_o = tmp_path / "t", tmp_path / "o"
+    for backend, out in (("torch", out_t), ("onnxruntime", out_o)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={wdir}",
+             f"IMGS_DIR={smooth_photo.parent}", f"OUT_DIR={out}", f"BACKEND={backend}"],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr
+    from PIL import Image
+
+    ht = np.asarray(Image.open(out_t / "p__heatmap.png")).astype(int)
+    ho = np.asarray(Image.open(out_o / "p__heatmap.png")).astype(int)
+    assert np.abs(ht - ho).max() <= 1

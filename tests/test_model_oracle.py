@@ -148,6 +148,21 @@ def test_banded_trunk_skips_work_and_equals_dense(size, batch, monkeypatch):
         assert computed < 0.8 * trunk_macs(model, x)
 
 
+def test_onnx_export_in_onnxruntime_equals_caffe(slim_net, tmp_path):
+    import onnxruntime as ort
+
+    from face_segmentation_pytorch.export import export_onnx
+
+    model = FaceSegmentationNet.from_state_dict(load_caffemodel_as_statedict(slim_net.caffemodel))
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    for size in [(1, 1), (257, 513)]:
+        x = _input(*size)
+        ref = slim_net.opencv_scores(x)
+        out = session.run(["score"], {"data": x})[0]
+        assert _rel_err(out, ref) < TOL
+        np.testing.assert_array_equal(out.argmax(axis=1) != 0, ref.argmax(axis=1) != 0)
+
+
 def test_floor_mode_pooling_is_detected(slim_net):
     """The oracle can fail: the earlier port's floor-mode pooling disagrees with Caffe."""
     x = _input(257, 513)
