@@ -406,6 +406,25 @@ def run(cfg: dict) -> int:
         if cfg["OVERWRITE"] or not all(stems[i].with_name(stems[i].name + k).exists() for k in kinds)
     ]
     skipped = len(images) - len(todo)
+    user_boxes = None
+    if cfg["BOXES"] is not None:
+        from .crop import load_boxes_file
+
+        table = load_boxes_file(Path(cfg["BOXES"]).expanduser())
+        # Per image: its boxes; with CROP=faces an image not in the file is
+        # detected (None), without it has no face ([]).
+        missing_entry = None if cfg["CROP"] else []
+        user_boxes = [
+            table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images
+        ]
+    if not todo and not missing:
+        _write_failure_log(cfg, out_dir, root, [])  # clears a log of an earlier run
+        print(
+            f"face_segmentation_pytorch: all {len(images)} images already have their outputs; "
+            "nothing to do (OVERWRITE=true redoes them)",
+            file=sys.stderr,
+        )
+        return 0
 
     fc = cfg["FACE_CHANNEL"]
     try:
@@ -438,17 +457,6 @@ def run(cfg: dict) -> int:
         file=sys.stderr,
     )
 
-    user_boxes = None
-    if cfg["BOXES"] is not None:
-        from .crop import load_boxes_file
-
-        table = load_boxes_file(Path(cfg["BOXES"]).expanduser())
-        # Per image: its boxes; with CROP=faces an image not in the file is
-        # detected (None), without it has no face ([]).
-        missing_entry = None if cfg["CROP"] else []
-        user_boxes = [
-            table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images
-        ]
     cropping = cfg["CROP"] is not None or user_boxes is not None
     no_face: list[Path] = []
     failures: list[tuple[Path, str, str]] = [(p, "read", r) for p, r in missing]

@@ -75,6 +75,10 @@ def test_resume_skips_finished_images_and_overwrite_redoes_them(folder, slim_wei
     assert (out / "one__heatmap.png").stat().st_mtime_ns == stamp
     third = run_cli(*args, "OVERWRITE=true")
     assert "3 images done, 0 failed, 0 skipped" in _last_line(third)
+    # Nothing left to do: no model is loaded, even from a folder with no weights.
+    fourth = run_cli(f"MODEL_PARAMS_DIR={tmp_path / 'no_weights_here'}", *args[1:])
+    assert fourth.returncode == 0 and "nothing to do" in _last_line(fourth)
+    assert not (tmp_path / "no_weights_here").exists()
 
 
 def test_list_file_input_with_missing_entries_and_failure_log(folder, slim_weights_dir, tmp_path):
