@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,25 +23,21 @@ def save_state_dict(state_dict, path: str | os.PathLike) -> Path:
     """Save a state_dict atomically; the format follows the file extension."""
     import torch
 
+    from .imageio import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            try:
-                from safetensors.torch import save_file
-            except ImportError:
-                raise FaceSegmentationError(
-                    f"{path}: writing .safetensors needs the safetensors package; pip install safetensors"
-                ) from None
+    if path.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise FaceSegmentationError(
+                f"{path}: writing .safetensors needs the safetensors package; pip install safetensors"
+            ) from None
+        with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp)
-        else:
+    else:
+        with atomic_path(path) as tmp:
             torch.save(dict(state_dict), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

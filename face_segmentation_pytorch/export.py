@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import FaceSegmentationError
+from .imageio import atomic_path
 from .model import FaceSegmentationNet
 
 __all__ = ["export_onnx", "check_onnx", "main"]
@@ -41,17 +41,14 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
     except ImportError:
         raise FaceSegmentationError(_EXTRA) from None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Export the dense NCHW graph; the caller's model gets its settings back.
     skip, training, channels_last = model.skip_constant_padding, model.training, model._channels_last()
     dense = model.to(memory_format=torch.contiguous_format).eval()
     dense.skip_constant_padding = False
     example = torch.zeros(1, 3, 64, 80, device=dense.conv1_1.weight.device)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", max=8192), 3: torch.export.Dim("width", max=8192)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 dense,
@@ -65,10 +62,7 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
                 external_data=False,
                 verbose=False,
             )
-        os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         dense.skip_constant_padding = skip
         dense.train(training)
         if channels_last:

@@ -153,6 +153,10 @@ class FaceSegmenter:
         if self.steps and threshold is None:
             raise ValueError("post-processing works on masks: give a threshold (e.g. 0.5)")
         self.device = resolve_device(device)
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        if backend == "onnxruntime" and self.device.type != "cpu":
+            raise ValueError("backend 'onnxruntime' runs on the CPU here: use device='cpu'")
         # prepare() may run in several threads; OpenCV DNN nets are not to be
         # shared between threads, so each thread builds its own detector.
         self._local = threading.local()
@@ -184,10 +188,6 @@ class FaceSegmenter:
                 f"face_channel={face_channel} does not exist: the weights have "
                 f"{net.num_classes} channels (use 1..{net.num_classes - 1}, or None)"
             )
-        if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-        if backend == "onnxruntime" and self.device.type != "cpu":
-            raise ValueError("backend 'onnxruntime' runs on the CPU here: use device='cpu'")
         self.input_size = net.input_size if input_size == _AUTO else input_size
         self.threshold = threshold
         self.face_channel = face_channel
