@@ -104,13 +104,15 @@ def _child(args) -> None:
 
         from face_segmentation_pytorch import FaceSegmentationNet
 
-        sd = torch.load(Path(args.dir) / "face_seg_fcn8s.pt", weights_only=True, mmap=True)
+        from face_segmentation_pytorch import load_state_dict_file
+
+        sd = load_state_dict_file(Path(args.dir) / "face_seg_fcn8s.pt")  # as FaceSegmenter loads it
         model = FaceSegmentationNet.from_state_dict(sd).eval()
         del sd
         t = torch.from_numpy(x)
         model.skip_constant_padding = args.child == "default"
         if args.child in ("channels_last", "default"):
-            model = model.to(memory_format=torch.channels_last)
+            model = model.channels_last_()  # what FaceSegmenter does
 
         def forward():
             with torch.inference_mode():

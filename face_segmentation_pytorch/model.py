@@ -278,6 +278,18 @@ class FaceSegmentationNet(nn.Module):
         self._check_face_channel(rule)
         return scores_to_pmap(score, face_channel=rule)
 
+    def channels_last_(self) -> FaceSegmentationNet:
+        """Switch the 4-d parameters to channels-last in place, one at a time.
+
+        Same result as ``model.to(memory_format=torch.channels_last)``, but
+        only one parameter is ever held twice, not the whole 540 MB network.
+        """
+        for module in self.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+        return self
+
     def _channels_last(self) -> bool:
         w = self.conv1_2.weight
         return not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)

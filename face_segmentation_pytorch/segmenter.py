@@ -183,6 +183,7 @@ class FaceSegmenter:
             net = FaceSegmentationNet.from_state_dict(
                 state, input_size=entry.input_size, mean_bgr=entry.mean_bgr
             )
+            del state  # the model holds the tensors now; no second reference
         if face_channel is not None and not 1 <= face_channel < net.num_classes:
             raise ValueError(
                 f"face_channel={face_channel} does not exist: the weights have "
@@ -198,7 +199,7 @@ class FaceSegmenter:
         if channels_last if channels_last is not None else self.device.type == "cpu":
             # The fastest exact layout on CPU (benchmarks/bench.py); the
             # oracle tests check it against Caffe too.
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.channels_last_()
 
     def segment(self, images, boxes=None):
         """Segment one image or a list of them.

@@ -87,8 +87,10 @@ def test_channels_last_layout_equals_caffe(slim_net, size):
     x = _input(*size)
     ref = slim_net.opencv_scores(x)
     model = FaceSegmentationNet.from_state_dict(load_caffemodel_as_statedict(slim_net.caffemodel)).eval()
-    model = model.to(memory_format=torch.channels_last)
+    model = model.channels_last_()
     assert model._channels_last()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    assert not model.upscore8.weight.requires_grad  # fixed layers stay fixed
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy()
     assert _rel_err(out, ref) < TOL
