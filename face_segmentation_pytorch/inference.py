@@ -96,8 +96,10 @@ def predict_pmaps(
 
 
 def pmap_to_uint8(pmap: torch.Tensor) -> np.ndarray:
-    """Probability map to an 8-bit heatmap (0 -> 0, 1 -> 255, rounded)."""
-    return (pmap.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    """Probability map to an 8-bit heatmap (0 -> 0, 1 -> 255, rounded), as the CLI writes it."""
+    from .render import heatmap_to_png_array
+
+    return heatmap_to_png_array(pmap.detach().cpu().numpy(), 8)
 
 
 def pmap_to_mask(pmap: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
