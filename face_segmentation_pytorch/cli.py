@@ -308,7 +308,7 @@ def _output_stems(images: list[Path], root: Path, out_dir: Path | None) -> list[
     ``a.png``): those keep their full name, so none overwrites another.
     """
     if out_dir is None:
-        return [p.with_name(p.name) for p in images]
+        return list(images)
     rel = [p.relative_to(root) for p in images]
     counts: dict[Path, int] = {}
     for r in rel:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,37 +17,25 @@ _DEFAULT = "default"
 
 @torch.inference_mode()
 def run_inputs(
-    model: FaceSegmentationNet,
+    forward: Callable[[torch.Tensor], torch.Tensor],
     inputs: Sequence[torch.Tensor],
     sizes: Sequence[tuple[int, int]],
-    *,
-    face_channel: int | None | str = _DEFAULT,
-    device: torch.device | str | None = None,
 ) -> list[torch.Tensor]:
     """Run prepared ``(3, h, w)`` inputs and bring each map to its ``sizes`` entry.
 
-    Inputs that share a shape run as one batch. ``model`` is a network, or a
-    function from an input batch to ``(N, H, W)`` probabilities (another backend).
+    Inputs that share a shape run as one batch through ``forward``, which
+    maps an ``(N, 3, h, w)`` CPU batch to ``(N, h, w)`` face probabilities
+    (the network on its device, or another backend).
 
     Returns:
         One float32 ``(H, W)`` CPU tensor in ``[0, 1]`` per input.
     """
-    if callable(model) and not isinstance(model, torch.nn.Module):
-        forward = model  # a backend function: batch -> (N, H, W) probabilities
-    else:
-        if device is None:
-            device = model.conv1_1.weight.device
-
-        def forward(batch):
-            return model(batch.to(device), as_pmap=True, face_channel=face_channel)
-
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, x in enumerate(inputs):
         groups.setdefault(tuple(x.shape), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(inputs)
     for idx in groups.values():
-        batch = torch.stack([inputs[i] for i in idx])
-        pmaps = forward(batch).float()
+        pmaps = forward(torch.stack([inputs[i] for i in idx])).float()
         for j, i in enumerate(idx):
             out[i] = resize_pmap(pmaps[j], sizes[i]).cpu()
     return out  # type: ignore[return-value]
@@ -92,7 +80,11 @@ def predict_pmaps(
         (img.shape[0], img.shape[1]) if isinstance(img, np.ndarray) else (img.height, img.width)
         for img in images
     ]
-    return run_inputs(model, inputs, sizes, face_channel=face_channel, device=device)
+    if device is None:
+        device = model.conv1_1.weight.device
+    return run_inputs(
+        lambda batch: model(batch.to(device), as_pmap=True, face_channel=face_channel), inputs, sizes
+    )
 
 
 def pmap_to_uint8(pmap: torch.Tensor) -> np.ndarray:

@@ -194,12 +194,19 @@ class FaceSegmenter:
         self.face_channel = face_channel
         self.pre_normalize = pre_normalize
         self.backend = backend
-        self._forward = self._onnxruntime_forward(net.eval()) if backend == "onnxruntime" else None
+        if backend == "onnxruntime":
+            self._forward = self._onnxruntime_forward(net.eval())
+            self.model = net.eval()  # kept for its attributes; ONNX Runtime runs the graph
+            return
         self.model = net.to(self.device).eval()
         if channels_last if channels_last is not None else self.device.type == "cpu":
             # The fastest exact layout on CPU (benchmarks/bench.py); the
             # oracle tests check it against Caffe too.
             self.model = self.model.channels_last_()
+        self._forward = self._torch_forward
+
+    def _torch_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch.to(self.device), as_pmap=True, face_channel=self.face_channel)
 
     def segment(self, images, boxes=None):
         """Segment one image or a list of them.
@@ -284,10 +291,8 @@ class FaceSegmenter:
         if boxes is not None:
             faces = [Face(_clip_box(b, rgb.shape[1], rgb.shape[0])) for b in boxes]
             faces = [f for f in faces if f.box[2] > 0 and f.box[3] > 0]
-        elif self.detector is not None:
+        else:  # no boxes, so there is a detector (see the return above)
             faces = self._detect(rgb)
-        else:
-            faces = []
         inputs = [self._input(rgb[y : y + h, x : x + w]) for x, y, w, h in (f.box for f in faces)]
         return Prepared(pil, path, inputs, [(f.box[3], f.box[2]) for f in faces], faces)
 
@@ -302,12 +307,7 @@ class FaceSegmenter:
         """
         inputs = [x for p in prepared for x in p.inputs]
         sizes = [sz for p in prepared for sz in p.sizes]
-        runner = self._forward if self._forward is not None else self.model
-        maps = iter(
-            run_inputs(runner, inputs, sizes, face_channel=self.face_channel, device=self.device)
-            if inputs
-            else []
-        )
+        maps = iter(run_inputs(self._forward, inputs, sizes) if inputs else [])
         out = []
         for p in prepared:
             if p.faces is None:
