@@ -339,7 +339,8 @@ def _write_outputs(seg, stem: Path, kinds: list[str], per_face: bool = False) ->
 
     import numpy as np
 
-    from .imageio import save_atomic, save_npy_atomic, save_png_atomic
+    from .atomic import save_atomic
+    from .imageio import save_npy_atomic, save_png_atomic
     from .render import cutout, heatmap_to_png_array, overlay
 
     shown = seg.mask if seg.mask is not None else seg.pmap
@@ -372,12 +373,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def _check_writable(folder: Path, key: str) -> None:
-    import tempfile
+    from .atomic import ensure_writable_dir
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        ensure_writable_dir(folder)
     except OSError as e:
         raise ConfigError(f"{key}={folder}: cannot write there ({e.strerror or e}); choose a writable folder") from None
 
@@ -387,7 +386,8 @@ def run(cfg: dict) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .imageio import load_image, save_atomic
+    from .atomic import save_atomic
+    from .imageio import load_image
     from .segmenter import FaceSegmenter
 
     out_dir = Path(cfg["OUT_DIR"]).expanduser() if cfg["OUT_DIR"] else None
@@ -605,7 +605,7 @@ def _gallery_row(path: Path, seg):
 
 
 def _write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) -> Path | None:
-    from .imageio import save_atomic
+    from .atomic import save_atomic
 
     setting = cfg["FAILURE_LOG"]
     if setting is None:

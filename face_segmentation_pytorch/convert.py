@@ -23,7 +23,7 @@ def save_state_dict(state_dict, path: str | os.PathLike) -> Path:
     """Save a state_dict atomically; the format follows the file extension."""
     import torch
 
-    from .imageio import atomic_path
+    from .atomic import atomic_path
 
     path = Path(path)
     if path.suffix.lower() == ".safetensors":

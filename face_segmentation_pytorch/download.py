@@ -14,13 +14,13 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from .atomic import atomic_path, ensure_writable_dir
 from .errors import DownloadError
 
 __all__ = ["download_url_to_file", "extract_zip_member", "sha256_of_file"]
@@ -35,13 +35,6 @@ def sha256_of_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def download_url_to_file(
@@ -73,8 +66,7 @@ def download_url_to_file(
 
     dst = Path(dst)
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+        ensure_writable_dir(dst.parent)
     except OSError as e:
         raise DownloadError(
             f"cannot write to {dst.parent} ({e.strerror or e}); choose a writable folder "
@@ -84,40 +76,41 @@ def download_url_to_file(
     try:
         h = hashlib.sha256()
         received = 0
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": "face_segmentation_pytorch"})
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                length = resp.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                with tqdm(
-                    total=total,
-                    disable=not progress,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=f"downloading {dst.name}",
-                    file=sys.stderr,
-                ) as bar:
-                    while True:
-                        chunk = resp.read(_CHUNK)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        h.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-        if total is not None and received != total:
-            raise DownloadError(
-                f"download of {url} stopped after {received} of {total} bytes; try again"
-            )
-        digest = h.hexdigest()
-        if sha256 is not None and digest != sha256.strip().lower():
-            raise DownloadError(
-                f"sha256 mismatch for {url}: expected {sha256.strip().lower()}, got {digest}; "
-                "the file is damaged or changed upstream: try again, or pin the new hash "
-                "(WEIGHTS_SHA256=...) only if you trust its source"
-            )
-        os.replace(tmp, dst)
+        # Verification happens inside the block, so a bad body never gets the final name.
+        with atomic_path(dst) as tmp:
+            with open(tmp, "wb") as out:
+                request = urllib.request.Request(url, headers={"User-Agent": "face_segmentation_pytorch"})
+                with urllib.request.urlopen(request, timeout=timeout) as resp:
+                    length = resp.headers.get("Content-Length")
+                    total = int(length) if length and length.isdigit() else None
+                    with tqdm(
+                        total=total,
+                        disable=not progress,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=f"downloading {dst.name}",
+                        file=sys.stderr,
+                    ) as bar:
+                        while True:
+                            chunk = resp.read(_CHUNK)
+                            if not chunk:
+                                break
+                            out.write(chunk)
+                            h.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+            if total is not None and received != total:
+                raise DownloadError(
+                    f"download of {url} stopped after {received} of {total} bytes; try again"
+                )
+            digest = h.hexdigest()
+            if sha256 is not None and digest != sha256.strip().lower():
+                raise DownloadError(
+                    f"sha256 mismatch for {url}: expected {sha256.strip().lower()}, got {digest}; "
+                    "the file is damaged or changed upstream: try again, or pin the new hash "
+                    "(WEIGHTS_SHA256=...) only if you trust its source"
+                )
         return digest
     except DownloadError:
         raise
@@ -132,8 +125,6 @@ def download_url_to_file(
         ) from None
     except (OSError, http.client.HTTPException, ValueError) as e:
         raise DownloadError(f"download of {url} failed: {e}; {fix}") from None
-    finally:
-        _remove(tmp)
 
 
 def _is_unsafe(name: str) -> bool:
@@ -185,17 +176,13 @@ def extract_zip_member(
                     f"found {', '.join(names[:6]) or 'nothing'}; check WEIGHTS_URL"
                 )
             member = matches[0]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
         try:
-            with os.fdopen(fd, "wb") as out, zf.open(member) as src:
+            # Reading to the end checks the entry's CRC before the rename.
+            with atomic_path(dest) as tmp, open(tmp, "wb") as out, zf.open(member) as src:
                 shutil.copyfileobj(src, out, _CHUNK)
-            os.replace(tmp, dest)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
             # RuntimeError: encrypted entry; NotImplementedError: unknown compression.
             raise DownloadError(
                 f"{archive}: entry {member!r} is corrupt ({e}); delete the archive and download again"
             ) from None
-        finally:
-            _remove(tmp)
     return dest

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import FaceSegmentationError
-from .imageio import atomic_path
+from .atomic import atomic_path
 from .model import FaceSegmentationNet
 
 __all__ = ["export_onnx", "check_onnx", "main"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import save_atomic
 from .errors import ImageReadError
 
 __all__ = [
@@ -17,8 +16,6 @@ __all__ = [
     "to_rgb",
     "image_extensions",
     "find_images",
-    "atomic_path",
-    "save_atomic",
     "save_png_atomic",
     "save_npy_atomic",
     "OUTPUT_SUFFIXES",
@@ -127,31 +124,6 @@ def find_images(folder: str | os.PathLike, *, recursive: bool = False) -> tuple[
             continue
         images.append(p)
     return sorted(images), skipped
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
-
-    A crash, Ctrl-C or full disk never leaves a half-written file under
-    ``path``, and the temporary file is removed whatever happens.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_atomic(path: str | os.PathLike, write) -> None:
-    """Call ``write(file object)`` on a temporary file beside ``path``, then rename."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
 
 
 def save_png_atomic(image: np.ndarray | Image.Image, path: str | os.PathLike) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .download import _remove, download_url_to_file, extract_zip_member
+from .atomic import remove_if_exists
+from .download import download_url_to_file, extract_zip_member
 from .errors import CaffeModelError, WeightsError
 from .model import BGR_MEAN, FaceSegmentationNet, _expected_state_shapes, architecture_from_state_dict
 
@@ -259,8 +260,8 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
             )
         os.replace(staged, final)
     finally:
-        _remove(str(staged))
-        _remove(str(archive))
+        remove_if_exists(staged)
+        remove_if_exists(archive)
     if sha256 is None:
         print(
             f"face_segmentation_pytorch: no sha256 is recorded for {weights.name}; "

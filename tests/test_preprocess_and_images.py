@@ -155,7 +155,7 @@ def test_find_images_skips_outputs_and_non_images(tmp_path):
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path):
-    from face_segmentation_pytorch.imageio import save_atomic
+    from face_segmentation_pytorch.atomic import save_atomic
 
     save_png_atomic(np.zeros((3, 3), np.uint8), tmp_path / "ok.png")
     assert Image.open(tmp_path / "ok.png").size == (3, 3)
