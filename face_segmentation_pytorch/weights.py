@@ -239,14 +239,12 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
     archive = folder / f".{weights.local_stem}.download.zip"
     ext = ".caffemodel" if weights.file_format == "caffemodel" else ".pt"
     final = folder / f"{weights.local_stem}{ext}"
-    staged = folder / f".{final.name}.unverified"
+    # Hidden and unverified until the strict load passes; the suffix lets the loader dispatch.
+    staged = folder / f".{weights.local_stem}.unverified{ext}"
     print(f"face_segmentation_pytorch: downloading {weights.name} from {url} to {folder}", file=sys.stderr)
     digest = download_url_to_file(url, archive, sha256=sha256, progress=progress)
     try:
         extract_zip_member(archive, staged, member=weights.archive_member, suffix=ext)
-        staged_named = staged.with_name(staged.name + ext)  # loaders dispatch on the suffix
-        os.replace(staged, staged_named)
-        staged = staged_named
         state = load_state_dict_file(staged)
         arch = architecture_from_state_dict(state)
         # Any archive must match the entry's class count (its input size and
@@ -301,14 +299,13 @@ def find_or_download_state_dict(
     for candidate in entry.local_candidates(folder):
         if candidate.is_file():
             return load_state_dict_file(candidate), candidate
-    state, path = _fetch(
+    return _fetch(
         entry,
         folder,
         url or entry.url,
         sha256 if sha256 is not None else (entry.sha256 if url is None else None),
         progress,
     )
-    return state, path
 
 
 def weights_for(state_dict: Mapping[str, torch.Tensor], requested: str | Weights) -> Weights:
