@@ -114,12 +114,8 @@ def vgg_trunk(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
         F.relu(model.conv1_1.bias),
     )
     pools = []
-    first = True
     for block, n_convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)):
-        for i in range(1, n_convs + 1):
-            if first:
-                first = False
-                continue
+        for i in range(2 if block == 1 else 1, n_convs + 1):  # conv1_1 ran above
             h, lay = _conv(h, getattr(model, f"conv{block}_{i}"), lay)
         h, lay = _pool(h, getattr(model, f"pool{block}"), lay)
         pools.append(h)
