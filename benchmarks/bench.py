@@ -45,7 +45,7 @@ def count_flops(size: tuple[int, int], batch: int = 1) -> float:
 
     with torch.device("meta"):
         model = FaceSegmentationNet()
-    model.skip_constant_padding = False  # count the dense network, the common yardstick
+    model.fast_inference = False  # count the dense network, the common yardstick
     total = 0.0
 
     def hook(mod, inp, out):
@@ -110,7 +110,7 @@ def _child(args) -> None:
         model = FaceSegmentationNet.from_state_dict(sd).eval()
         del sd
         t = torch.from_numpy(x)
-        model.skip_constant_padding = args.child == "default"
+        model.fast_inference = args.child == "default"
         if args.child in ("channels_last", "default"):
             model = model.channels_last_()  # what FaceSegmenter does
 

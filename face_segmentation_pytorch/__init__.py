@@ -15,6 +15,16 @@ Typical use::
         pmap = model(t, as_pmap=True)[0]           # (500, 500) face probability
 """
 
+import os as _os
+import sys as _sys
+
+# PyTorch decides once, at its first allocation, whether large CPU tensors are
+# placed on transparent huge pages. With them a 500x500 forward takes ~20x
+# fewer page faults and about 15% less time (README, "Performance"). So ask
+# for them unless torch is already running or the user has chosen.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from .caffe import convert_caffemodel, load_caffemodel_as_statedict, read_caffemodel
 from .errors import (
     CaffeModelError,

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .kernels import conv3x3
+
 __all__ = ["vgg_trunk"]
 
 # Above this fraction of a map that must be computed anyway, a dense
@@ -50,11 +52,9 @@ def _conv_region(x: torch.Tensor, conv, y0: int, y1: int, x0: int, x1: int) -> t
     """relu(conv(x)) on output rows [y0, y1) and cols [x0, x1) of a pad-1 3x3 conv."""
     H, W = x.shape[-2:]
     sy0, sy1, sx0, sx1 = max(y0 - 1, 0), min(y1 + 1, H), max(x0 - 1, 0), min(x1 + 1, W)
-    patch = x[..., sy0:sy1, sx0:sx1]
+    # The convolution's own zero padding where the window meets the map edge.
     pads = (sx0 - (x0 - 1), (x1 + 1) - sx1, sy0 - (y0 - 1), (y1 + 1) - sy1)
-    if any(pads):
-        patch = F.pad(patch, pads)  # the convolution's own zero padding at the map edge
-    return F.relu(F.conv2d(patch, conv.weight, conv.bias))
+    return conv3x3(x[..., sy0:sy1, sx0:sx1], conv, pads)
 
 
 def _conv(x: torch.Tensor, conv, lay: _Layout) -> tuple[torch.Tensor, _Layout]:
@@ -64,7 +64,7 @@ def _conv(x: torch.Tensor, conv, lay: _Layout) -> tuple[torch.Tensor, _Layout]:
     t, b, left, right = (min(r + 1, n) for r, n in zip(lay.ring, (H, H, W, W)))
     computed = (rows[1] - rows[0]) * (cols[1] - cols[0]) + (t + b) * W + (left + right) * (H - t - b)
     if lay.const is None or computed > _DENSE_ABOVE * H * W:
-        out = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+        out = conv3x3(x, conv)
         return out, _Layout((0, H), (0, W), (H, H, W, W), None)
     const = F.relu(conv.weight.sum(dim=(2, 3)) @ lay.const + conv.bias)
     n = x.shape[0]

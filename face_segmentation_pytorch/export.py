@@ -42,9 +42,9 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
         raise FaceSegmentationError(_EXTRA) from None
     path = Path(path)
     # Export the dense NCHW graph; the caller's model gets its settings back.
-    skip, training, channels_last = model.skip_constant_padding, model.training, model._channels_last()
+    fast, training, channels_last = model.fast_inference, model.training, model._channels_last()
     dense = model.to(memory_format=torch.contiguous_format).eval()
-    dense.skip_constant_padding = False
+    dense.fast_inference = False
     example = torch.zeros(1, 3, 64, 80, device=dense.conv1_1.weight.device)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", max=8192), 3: torch.export.Dim("width", max=8192)}
     try:
@@ -63,7 +63,7 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
                 verbose=False,
             )
     finally:
-        dense.skip_constant_padding = skip
+        dense.fast_inference = fast
         dense.train(training)
         if channels_last:
             dense.to(memory_format=torch.channels_last)

@@ -153,9 +153,11 @@ class FaceSegmentationNet(nn.Module):
         self.input_size = int(input_size)
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
         self._check_face_channel(face_channel)
-        #: Skip the convolutions over regions the 100-pixel pad makes constant
-        #: (exact; used when autograd is off). False runs every layer densely.
-        self.skip_constant_padding = True
+        #: With autograd off, run the exact fast path: skip the convolution work
+        #: the 100-pixel pad makes constant (banded.py) and, on CPU, Winograd
+        #: 3x3 convolutions and fc6/fc7 as matrix products (kernels.py).
+        #: False runs every layer as its own module, densely.
+        self.fast_inference = True
 
         in_ch = 3
         for block, n_convs, out_ch in _VGG_BLOCKS:
@@ -243,8 +245,9 @@ class FaceSegmentationNet(nn.Module):
             # feed oneDNN / cuDNN the matching layout (measured faster on CPU).
             x = x.contiguous(memory_format=torch.channels_last)
         data = x
-        if self.skip_constant_padding and not torch.is_grad_enabled():
-            # Same values, about a third fewer multiply-adds at 500x500 (banded.py).
+        fast = self.fast_inference and not torch.is_grad_enabled()
+        if fast:
+            # Same values to float rounding, much less work (banded.py, kernels.py).
             from .banded import vgg_trunk
 
             pool3, pool4, h = vgg_trunk(self, x)
@@ -259,8 +262,14 @@ class FaceSegmentationNet(nn.Module):
                     pool3 = h
                 elif block == 4:
                     pool4 = h
-        h = self.drop6(self.relu6(self.fc6(h)))
-        h = self.drop7(self.relu7(self.fc7(h)))
+        if fast and h.device.type == "cpu":
+            from .kernels import conv_as_matmul
+
+            h = self.drop6(self.relu6(conv_as_matmul(h, self.fc6)))
+            h = self.drop7(self.relu7(conv_as_matmul(h, self.fc7)))
+        else:
+            h = self.drop6(self.relu6(self.fc6(h)))
+            h = self.drop7(self.relu7(self.fc7(h)))
         score_fr = self.score_fr(h)
 
         upscore2 = self.upscore2(score_fr)

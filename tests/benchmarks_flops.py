@@ -17,13 +17,13 @@ def trunk_macs(model, x: torch.Tensor) -> int:
         for name, m in model.named_children()
         if isinstance(m, nn.Conv2d) and name.startswith("conv") and name != "conv1_1"
     ]
-    old = model.skip_constant_padding
-    model.skip_constant_padding = False
+    old = model.fast_inference
+    model.fast_inference = False
     try:
         with torch.no_grad():
             model(x)
     finally:
-        model.skip_constant_padding = old
+        model.fast_inference = old
         for h in handles:
             h.remove()
     return total

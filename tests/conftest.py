@@ -123,3 +123,22 @@ def full_weights_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("full_weights")
     torch.save(FaceSegmentationNet().state_dict(), folder / "face_seg_fcn8s.pt")
     return folder
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> dict[str, int]:
+    """Counts the fast path's Winograd and matrix-product convolutions while a test runs."""
+    from face_segmentation_pytorch import kernels
+
+    calls = {"winograd": 0, "matmul": 0}
+
+    def counting(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(kernels, "winograd_conv3x3", counting("winograd", kernels.winograd_conv3x3))
+    monkeypatch.setattr(kernels, "conv_as_matmul", counting("matmul", kernels.conv_as_matmul))
+    return calls

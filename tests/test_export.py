@@ -24,7 +24,7 @@ def test_exported_graph_equals_pytorch(tmp_path, slim_model):
     model = slim_model.to(memory_format=torch.channels_last)
     path = export_onnx(model, tmp_path / "net.onnx")
     # The caller's model keeps its layout and settings.
-    assert model._channels_last() and model.skip_constant_padding
+    assert model._channels_last() and model.fast_inference
     assert check_onnx(model, path, sizes=((1, 1), (61, 47), (500, 500))) < 1e-4
     import onnxruntime as ort
 

@@ -98,15 +98,15 @@ def test_channels_last_layout_equals_caffe(slim_net, size):
 
 
 def test_dense_path_equals_caffe_too(slim_net):
-    """skip_constant_padding=False (and training-style autograd) runs every layer densely."""
+    """fast_inference=False (and training-style autograd) runs every layer densely."""
     x = _input(31, 45)
     ref = slim_net.opencv_scores(x)
     model = FaceSegmentationNet.from_state_dict(load_caffemodel_as_statedict(slim_net.caffemodel)).eval()
-    model.skip_constant_padding = False
+    model.fast_inference = False
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy()
     assert _rel_err(out, ref) < TOL
-    model.skip_constant_padding = True
+    model.fast_inference = True
     out_grad = model(torch.from_numpy(x))  # autograd on: dense path
     assert out_grad.requires_grad and _rel_err(out_grad.detach().numpy(), ref) < TOL
 
@@ -138,9 +138,9 @@ def test_banded_trunk_skips_work_and_equals_dense(size, batch, monkeypatch):
         fast = model(x)
     monkeypatch.setattr(banded.F, "conv2d", real_conv)
     with torch.no_grad():
-        model.skip_constant_padding = False
+        model.fast_inference = False
         dense = model(x)
-        model.skip_constant_padding = True
+        model.fast_inference = True
     assert (fast - dense).abs().max() <= 1e-5 * dense.abs().max()
     if size == (500, 500):
         from benchmarks_flops import trunk_macs
@@ -231,8 +231,12 @@ def test_layer_names_follow_the_prototxt(reference_prototxt):
 
 
 @pytest.mark.slow
-def test_full_size_network_equals_caffe(tmp_path, reference_prototxt):
-    """The published 134M-parameter topology, converted and run at two small sizes."""
+def test_full_size_network_equals_caffe(tmp_path, reference_prototxt, kernel_calls):
+    """The published 134M-parameter topology, converted and run at two small sizes.
+
+    Its layers are wide enough for the fast path's Winograd convolutions
+    (conv3_1 ... conv5_3) and fc6/fc7 as matrix products; both are counted.
+    """
     net = make_caffe_net(tmp_path, reference_prototxt, channel_divisor=1, seed=7)
     del net.layers
     t0 = time.perf_counter()
@@ -257,3 +261,4 @@ def test_full_size_network_equals_caffe(tmp_path, reference_prototxt):
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy()
     assert _rel_err(out, net.opencv_scores(x)) < TOL
+    assert kernel_calls["matmul"] == 3 * 2 and kernel_calls["winograd"] >= 3 * 7
