@@ -29,11 +29,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: opencv: OpenCV DNN on the caffemodel. eager: NCHW, every layer dense.
-#: channels_last: channels-last, every layer dense. default: what
-#: FaceSegmenter and the CLI run on CPU (channels-last, constant padding skipped).
-#: onnxruntime: ONNX Runtime on this package's ONNX export of the same weights.
-VARIANTS = ("opencv", "onnxruntime", "eager", "channels_last", "default")
+#: opencv: OpenCV DNN on the caffemodel. onnxruntime: ONNX Runtime on this
+#: package's ONNX export of the same weights. eager: plain PyTorch, NCHW, every
+#: layer its own module. channels_last: the same in channels-last layout.
+#: default: what FaceSegmenter and the CLI run on CPU (the package imported
+#: before torch, so large tensors get huge pages; channels-last; the fast path:
+#: constant padding skipped, Winograd 3x3 convolutions, fc6/fc7 as matrix
+#: products). default_4k: the same with THP_MEM_ALLOC_ENABLE=0, as when a
+#: script imports torch first.
+VARIANTS = ("opencv", "onnxruntime", "eager", "channels_last", "default", "default_4k")
 
 
 def count_flops(size: tuple[int, int], batch: int = 1) -> float:
@@ -100,18 +104,18 @@ def _child(args) -> None:
         def forward():
             return session.run(["score"], {"data": x})[0]
     else:
+        if args.child.startswith("default"):
+            import face_segmentation_pytorch  # noqa: F401  (before torch, as the CLI does)
         import torch
 
-        from face_segmentation_pytorch import FaceSegmentationNet
-
-        from face_segmentation_pytorch import load_state_dict_file
+        from face_segmentation_pytorch import FaceSegmentationNet, load_state_dict_file
 
         sd = load_state_dict_file(Path(args.dir) / "face_seg_fcn8s.pt")  # as FaceSegmenter loads it
         model = FaceSegmentationNet.from_state_dict(sd).eval()
         del sd
         t = torch.from_numpy(x)
-        model.fast_inference = args.child == "default"
-        if args.child in ("channels_last", "default"):
+        model.fast_inference = args.child.startswith("default")
+        if args.child != "eager":
             model = model.channels_last_()  # what FaceSegmenter does
 
         def forward():
@@ -126,6 +130,14 @@ def _child(args) -> None:
         times.append(time.perf_counter() - t0)
     rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
     print(json.dumps({"times": times, "rss_mib": rss}))
+
+
+def _thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unknown"
+    return text.split("[")[1].split("]")[0] if "[" in text else text.strip()
 
 
 def _reference_prototxt() -> Path:
@@ -184,7 +196,7 @@ def main() -> None:
         for v in variants:
             cmd = [sys.executable, __file__, "--child", v, "--dir", str(folder), "--size", str(args.size),
                    "--batch", str(args.batch), "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(env, THP_MEM_ALLOC_ENABLE="0") if v == "default_4k" else env)
             if out.returncode != 0:
                 sys.exit(f"error: variant {v} failed:\n{out.stderr[-2000:]}")
             data = json.loads(out.stdout.strip().splitlines()[-1])
@@ -203,6 +215,8 @@ def main() -> None:
         ort_version = ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}; "
           f"torch {torch.__version__}, OpenCV {cv2.__version__}{ort_version}")
+    print(f"THP_MEM_ALLOC_ENABLE for eager/channels_last: {env.get('THP_MEM_ALLOC_ENABLE', 'unset')}; "
+          f"/sys/kernel/mm/transparent_hugepage/enabled: {_thp_mode()}")
     print(f"input {args.batch}x3x{args.size}x{args.size}: {flops / 1e9:.0f} GFLOP per batch; "
           f"fp32 matmul {peak:.0f} GFLOP/s before, {peak_after:.0f} after")
     base = statistics.median(results["opencv"]["times"]) if "opencv" in results else None

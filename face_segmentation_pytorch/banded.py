@@ -105,7 +105,7 @@ def vgg_trunk(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     """
     H, W = x.shape[-2:]
     pad = model.conv1_1.padding[0]
-    h = F.relu(model.conv1_1(x))
+    h = model.conv1_1(x).relu_()  # autograd is off here
     # Outputs whose 3x3 window misses the image see only zeros: relu(bias).
     lay = _Layout(
         (max(pad - 2, 0), min(pad + H, h.shape[-2])),

@@ -152,12 +152,15 @@ def conv3x3(
     conv: torch.nn.Conv2d,
     pads: tuple[int, int, int, int] = (1, 1, 1, 1),
 ) -> torch.Tensor:
-    """``relu(conv(F.pad(x, pads)))`` for a 3x3 stride-1 layer, Winograd where it pays."""
+    """``relu(conv(F.pad(x, pads)))`` for a 3x3 stride-1 layer, Winograd where it pays.
+
+    For inference only: the ReLU runs in place on the fresh result.
+    """
     if use_winograd(x, conv.weight):
         return winograd_conv3x3(x, conv.weight, conv.bias, pads, relu=True)
     if pads[0] == pads[1] == pads[2] == pads[3]:
-        return F.relu(F.conv2d(x, conv.weight, conv.bias, padding=pads[0]))
-    return F.relu(F.conv2d(F.pad(x, pads), conv.weight, conv.bias))
+        return F.conv2d(x, conv.weight, conv.bias, padding=pads[0]).relu_()
+    return F.conv2d(F.pad(x, pads), conv.weight, conv.bias).relu_()
 
 
 #: conv_as_matmul unfolds at most about this many output positions at a time, so
