@@ -66,7 +66,7 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
         dense.fast_inference = fast
         dense.train(training)
         if channels_last:
-            dense.to(memory_format=torch.channels_last)
+            dense.channels_last_()
     return path
 
 
