@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 _FORWARD = r"""
-import json, sys, time, torch
-import face_segmentation_pytorch as fsp
+import json, sys, time
+import face_segmentation_pytorch as fsp  # before torch, as in the CLI (huge pages)
+import torch
 wdir, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 seg = fsp.FaceSegmenter(params_dir=wdir, threshold=None, progress=False)
 x = torch.randn(batch, 3, 500, 500) * 50
