@@ -11,9 +11,10 @@ Max pooling maps constants to constants. So each convolution here fills its
 output with the constant and computes only the centre window and the four
 edge strips. The strips widen with depth, so from conv4 on a dense
 convolution is cheaper; at 500x500 the trunk does 77% of the dense
-multiply-adds (tests/test_model_oracle.py measures it). Every value is the same sum of the same products as the dense
-convolution (only the summation order can differ), so the result equals
-Caffe's to float rounding; the oracle tests check it.
+multiply-adds (tests/test_model_oracle.py measures it). The constants are
+exact and every window is convolved by ``kernels.conv3x3`` (Winograd for the
+wide layers, see kernels.py), so the result equals Caffe's to float rounding;
+the oracle tests check it.
 """
 
 from __future__ import annotations
