@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,22 @@ def _timed(cmd: list[str]) -> float:
     if out.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     return elapsed
+
+
+def _cli_run(weights: Path, images: Path, n: int) -> float:
+    """Seconds for one CLI process on ``images`` into a fresh OUT_DIR (so nothing is skipped)."""
+    out = Path(tempfile.mkdtemp(prefix="out_", dir=images.parent))
+    try:
+        seconds = _timed([
+            sys.executable, "-m", "face_segmentation_pytorch",
+            f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"OUT_DIR={out}", "PROGRESS=false",
+        ])
+        written = sorted(out.glob("*__heatmap.png"))
+        if len(written) != n:
+            sys.exit(f"error: the CLI wrote {len(written)} heatmaps for {n} images in {out}")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return seconds
 
 
 def main() -> None:
@@ -79,12 +96,7 @@ def main() -> None:
         imports.append(_timed([sys.executable, "-c", "import face_segmentation_pytorch"]))
         for ext in FORMATS:
             for n in (1, 2):
-                out = tmp / f"out_{r}_{ext[1:]}_{n}"
-                times[ext][n].append(_timed([
-                    sys.executable, "-m", "face_segmentation_pytorch",
-                    f"MODEL_PARAMS_DIR={dirs[ext]}", f"IMGS_DIR={tmp / f'images_{n}'}", f"OUT_DIR={out}",
-                    "PROGRESS=false",
-                ]))
+                times[ext][n].append(_cli_run(dirs[ext], tmp / f"images_{n}", n))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     print(f"{os.cpu_count()} cores; python {sys.version.split()[0]}; files in {tmp}")

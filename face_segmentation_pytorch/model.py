@@ -268,6 +268,10 @@ class FaceSegmentationNet(nn.Module):
             h = self.drop6(self.relu6(conv_as_matmul(h, self.fc6)))
             h = self.drop7(self.relu7(conv_as_matmul(h, self.fc7)))
         else:
+            if self.fc6.weight.is_contiguous():
+                # channels_last_() leaves fc6 contiguous; a channels-last input
+                # would make oneDNN copy its 411 MB weight on every call.
+                h = h.contiguous()
             h = self.drop6(self.relu6(self.fc6(h)))
             h = self.drop7(self.relu7(self.fc7(h)))
         score_fr = self.score_fr(h)
