@@ -45,7 +45,9 @@ def _conv(c: int, k: int, size: int, seed: int = 0, bias: bool = True) -> nn.Con
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_winograd_equals_direct_convolution(n, c, k, h, w, pads, channels_last):
+@pytest.mark.parametrize("band_bytes", [64 * 2**20, 1])  # 1: one tile row per band
+def test_winograd_equals_direct_convolution(n, c, k, h, w, pads, channels_last, band_bytes, monkeypatch):
+    monkeypatch.setattr(kernels, "_WINOGRAD_BAND_BYTES", band_bytes)
     conv = _conv(c, k, 3)
     x = torch.randn(n, c, h, w).relu()
     if channels_last:
