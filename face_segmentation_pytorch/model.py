@@ -72,11 +72,12 @@ def bilinear_upsampling_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
     og = np.arange(kernel_size, dtype=np.float64)
     filt1d = 1.0 - np.abs(og - center) / factor
-    filt = torch.from_numpy(np.outer(filt1d, filt1d).astype(np.float32))
-    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
-    idx = torch.arange(channels)
-    weight[idx, idx] = filt
-    return weight
+    # Built in NumPy: under torch.device("meta") (from_state_dict) the torch
+    # indexing ops would load meta kernels, a measured 0.2 s of start-up.
+    weight = np.zeros((channels, channels, kernel_size, kernel_size), dtype=np.float32)
+    idx = np.arange(channels)
+    weight[idx, idx] = np.outer(filt1d, filt1d)
+    return torch.from_numpy(weight)
 
 
 class Scale(nn.Module):
