@@ -31,6 +31,8 @@ __all__ = ["vgg_trunk"]
 # Above this fraction of a map that must be computed anyway, a dense
 # convolution is cheaper than several smaller ones.
 _DENSE_ABOVE = 0.8
+#: Output bytes of one band of a window (see _conv).
+_REGION_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -80,7 +82,12 @@ def _conv(x: torch.Tensor, conv, lay: _Layout) -> tuple[torch.Tensor, _Layout]:
     ]
     for y0, y1, x0, x1 in regions:
         if y1 > y0 and x1 > x0:
-            out[..., y0:y1, x0:x1] = _conv_region(x, conv, y0, y1, x0, x1)
+            # In bands of rows: the copy of the input window and the result
+            # exist one band at a time (conv1_2's centre alone is 65 MB).
+            step = max(1, _REGION_BYTES // (n * (x1 - x0) * conv.out_channels * x.element_size()))
+            for ya in range(y0, y1, step):
+                yb = min(ya + step, y1)
+                out[..., ya:yb, x0:x1] = _conv_region(x, conv, ya, yb, x0, x1)
     return out, _Layout(rows, cols, (t, b, left, right), const)
 
 
