@@ -5,8 +5,8 @@ measures each variant in its own subprocess (so peak RSS is the variant's own),
 round-robin over the variants so machine noise hits all of them alike, with a
 warm-up forward per process. Prints one table: seconds per image (median),
 images/s, effective GFLOP/s (this input size's FLOP count / time), fraction of
-the machine's fp32 matmul rate measured in the same run, peak RSS, and speed
-relative to OpenCV DNN.
+the machine's fp32 matmul rate measured in the same run, peak RSS, minor page
+faults per timed forward (median), and speed relative to OpenCV DNN.
 
     python benchmarks/bench.py                      # 500x500, batch 1, 5 rounds
     python benchmarks/bench.py --size 300 --batch 4 --rounds 3 --variants opencv,eager
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -123,13 +124,15 @@ def _child(args) -> None:
                 return model(t)
 
     forward()  # warm-up
-    times = []
+    times, faults = [], []
     for _ in range(args.repeats):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         forward()
         times.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
-    print(json.dumps({"times": times, "rss_mib": rss}))
+    print(json.dumps({"times": times, "rss_mib": rss, "faults": faults}))
 
 
 def _thp_mode() -> str:
@@ -191,7 +194,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peak = matmul_gflops()
     flops = count_flops((args.size, args.size), args.batch)
-    results: dict[str, dict] = {v: {"times": [], "rss": []} for v in variants}
+    results: dict[str, dict] = {v: {"times": [], "rss": [], "faults": []} for v in variants}
     for r in range(args.rounds):
         for v in variants:
             cmd = [sys.executable, __file__, "--child", v, "--dir", str(folder), "--size", str(args.size),
@@ -202,6 +205,7 @@ def main() -> None:
             data = json.loads(out.stdout.strip().splitlines()[-1])
             results[v]["times"] += data["times"]
             results[v]["rss"].append(data["rss_mib"])
+            results[v]["faults"] += data["faults"]
             print(f"round {r + 1}/{args.rounds} {v}: {min(data['times']):.3f} s", file=sys.stderr)
     peak_after = matmul_gflops()
 
@@ -220,14 +224,15 @@ def main() -> None:
     print(f"input {args.batch}x3x{args.size}x{args.size}: {flops / 1e9:.0f} GFLOP per batch; "
           f"fp32 matmul {peak:.0f} GFLOP/s before, {peak_after:.0f} after")
     base = statistics.median(results["opencv"]["times"]) if "opencv" in results else None
-    print(f"{'variant':16s} {'s/img':>7s} {'img/s':>7s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak RSS MiB':>13s} {'vs OpenCV':>9s}")
+    print(f"{'variant':16s} {'s/img':>7s} {'img/s':>7s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak RSS MiB':>13s} "
+          f"{'faults/fwd':>10s} {'vs OpenCV':>9s}")
     for v in variants:
         t = statistics.median(results[v]["times"])
         per_img = t / args.batch
         gflops = flops / t / 1e9
         ratio = f"{base / t:.2f}x" if base else "-"
         print(f"{v:16s} {per_img:7.3f} {1 / per_img:7.3f} {gflops:8.1f} {gflops / peak:9.2f} "
-              f"{max(results[v]['rss']):13.0f} {ratio:>9s}")
+              f"{max(results[v]['rss']):13.0f} {statistics.median(results[v]['faults']):10.0f} {ratio:>9s}")
 
 
 if __name__ == "__main__":
