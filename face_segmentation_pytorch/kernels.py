@@ -13,12 +13,12 @@ Why they exist (measured on the project's 2-core machines, see README
 
 * ``winograd_conv3x3``: F(4x4, 3x3) needs 36 multiplications per 4x4 output
   tile and channel pair instead of 144, so the conv3-conv5 layers, whose cost
-  is the channel-by-channel product, run 1.3x-2.5x faster than oneDNN's direct
+  is the channel-by-channel product, run 1.3x-2.6x faster than oneDNN's direct
   convolution. With few channels the transforms cost more than they save,
   hence :data:`WINOGRAD_MIN_CHANNEL_PRODUCT`.
 * ``conv_as_matmul``: ``fc6`` is a 7x7 convolution with a 411 MB weight; oneDNN
   reorders that weight on every call, a plain matrix product reads it in place
-  (about 2x faster).
+  (2.1x-2.5x faster; fc7 1.4x).
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ __all__ = ["WINOGRAD_MIN_CHANNEL_PRODUCT", "conv3x3", "conv_as_matmul", "use_win
 
 #: 3x3 convolutions with at least this many (input x output) channel pairs use
 #: Winograd on CPU: conv3_1 (128x256) and later. The transforms cost in
-#: proportion to the channels, the saving to their product; measured, conv3_1
-#: gains 1.3x while conv2_2 (128x128) loses 0.9x.
+#: proportion to the channels, the saving to their product. Measured with
+#: ``benchmarks/layers.py``: conv3_1 1.3x-1.4x faster, conv2_1 (64x128) 0.96x,
+#: conv2_2 (128x128) 1.1x-1.2x, but the banded trunk computes only about half
+#: its map, so that is at most ~7 ms of a 650 ms forward; it stays direct.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 256
 
 # Lavin & Gray (2016), F(4x4, 3x3) with interpolation points 0, +-1, +-2, inf.
@@ -61,8 +63,8 @@ _AT = (
 )
 #: Transformed tiles of a band of tile rows take at most about this many bytes.
 #: Bands bound the extra memory for large maps and keep the working set in
-#: cache: measured fastest of 2-1024 MB (conv3_2 at 500x500: 43 ms at 16 MB,
-#: 61 ms as one band).
+#: cache (``benchmarks/layers.py --bands``: conv3_2 at 500x500 46 ms at 16 MB,
+#: 64 ms as one band; conv4_2 within 5% from 8 MB up).
 _WINOGRAD_BAND_BYTES = 16 * 2**20
 _MATRICES: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
