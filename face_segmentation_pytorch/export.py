@@ -42,7 +42,10 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
         raise FaceSegmentationError(_EXTRA) from None
     path = Path(path)
     # Export the dense NCHW graph; the caller's model gets its settings back.
-    fast, training, channels_last = model.fast_inference, model.training, model._channels_last()
+    fast, training = model.fast_inference, model.training
+    channels_last = [
+        p for p in model.parameters() if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    ]
     dense = model.to(memory_format=torch.contiguous_format).eval()
     dense.fast_inference = False
     example = torch.zeros(1, 3, 64, 80, device=dense.conv1_1.weight.device)
@@ -65,8 +68,8 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
     finally:
         dense.fast_inference = fast
         dense.train(training)
-        if channels_last:
-            dense.channels_last_()
+        for p in channels_last:  # each parameter's own layout, fc6's included
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
     return path
 
 

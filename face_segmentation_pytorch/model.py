@@ -157,7 +157,8 @@ class FaceSegmentationNet(nn.Module):
         #: With autograd off, run the exact fast path: skip the convolution work
         #: the 100-pixel pad makes constant (banded.py) and, on CPU, Winograd
         #: 3x3 convolutions and fc6/fc7 as matrix products (kernels.py).
-        #: False runs every layer as its own module, densely.
+        #: False runs every layer as its own module, densely, as autograd,
+        #: autocast and layers with forward hooks always do.
         self.fast_inference = True
 
         in_ch = 3
@@ -246,7 +247,14 @@ class FaceSegmentationNet(nn.Module):
             # feed oneDNN / cuDNN the matching layout (measured faster on CPU).
             x = x.contiguous(memory_format=torch.channels_last)
         data = x
-        fast = self.fast_inference and not torch.is_grad_enabled()
+        # The fast path computes layers without calling their modules, so it
+        # steps aside for hooks (feature taps, pruning masks) and autocast.
+        fast = (
+            self.fast_inference
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type)
+            and not self._layer_hooks()
+        )
         if fast:
             # Same values to float rounding, much less work (banded.py, kernels.py).
             from .banded import vgg_trunk
@@ -308,6 +316,10 @@ class FaceSegmentationNet(nn.Module):
                 if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
                     p.data = p.data.contiguous(memory_format=torch.channels_last)
         return self
+
+    def _layer_hooks(self) -> bool:
+        """Whether any layer has a forward hook or pre-hook."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if m is not self)
 
     def _channels_last(self) -> bool:
         w = self.conv1_2.weight

@@ -23,8 +23,12 @@ def slim_model(slim_weights_dir):
 def test_exported_graph_equals_pytorch(tmp_path, slim_model):
     model = slim_model.to(memory_format=torch.channels_last)
     path = export_onnx(model, tmp_path / "net.onnx")
-    # The caller's model keeps its layout and settings.
+    # The caller's model keeps its layout and settings, parameter by parameter.
     assert model._channels_last() and model.fast_inference
+    assert not model.fc6.weight.is_contiguous()  # .to() made it channels-last too
+    layouts = {n: p.stride() for n, p in model.named_parameters()}
+    export_onnx(model.channels_last_(), tmp_path / "again.onnx")
+    assert {n: p.stride() for n, p in model.named_parameters()} == layouts
     assert check_onnx(model, path, sizes=((1, 1), (61, 47), (500, 500))) < 1e-4
     import onnxruntime as ort
 

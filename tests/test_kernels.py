@@ -94,7 +94,7 @@ def test_winograd_is_chosen_by_channels_device_and_dtype():
 
 @pytest.mark.parametrize("kernel, h, w", [(7, 22, 22), (7, 7, 7), (1, 16, 16), (7, 40, 12)])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("rows", [1024, 5])  # 5 forces chunks of rows and of images
+@pytest.mark.parametrize("rows", [1024, 5, 2])  # chunks of rows; of images (2: a short last one)
 def test_conv_as_matmul_equals_convolution(kernel, h, w, channels_last, rows, monkeypatch):
     monkeypatch.setattr(kernels, "_MATMUL_ROWS", rows)
     conv = _conv(24, 40, kernel).eval()
@@ -154,6 +154,31 @@ def test_fast_path_kernels_are_used_only_without_autograd(kernel_calls, monkeypa
     with torch.no_grad():
         model(x)
     assert calls["winograd"] > 0 and calls["matmul"] == 2
+
+
+def test_fast_path_steps_aside_for_autocast_and_layer_hooks(kernel_calls, monkeypatch):
+    monkeypatch.setattr(kernels, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    torch.manual_seed(0)
+    model = FaceSegmentationNet(2, channel_divisor=16).eval()
+    x = torch.randn(1, 3, 20, 20) * 50
+    with torch.no_grad():
+        ref = model(x)
+    kernel_calls.update(winograd=0, matmul=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)  # every layer as its module, in bfloat16 as autocast asks
+    assert low.dtype == torch.bfloat16 and kernel_calls == {"winograd": 0, "matmul": 0}
+    assert _rel(low.float(), ref) < 0.1
+
+    seen = []
+    handle = model.fc7.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    with torch.no_grad():
+        hooked = model(x)
+    handle.remove()
+    assert len(seen) == 1 and kernel_calls == {"winograd": 0, "matmul": 0}
+    assert _rel(hooked, ref) < 1e-4
+    with torch.no_grad():
+        model(x)  # hook gone: fast path again
+    assert kernel_calls["matmul"] == 2
 
 
 def test_importing_the_package_first_asks_torch_for_huge_pages():
