@@ -46,7 +46,7 @@ def count_flops(size: tuple[int, int], batch: int = 1) -> float:
     import torch
     from torch import nn
 
-    from face_segmentation_pytorch.model import FaceSegmentationNet
+    from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet
 
     with torch.device("meta"):
         model = FaceSegmentationNet()
@@ -171,7 +171,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from caffe_writer import random_layers, write_caffemodel
 
-    from face_segmentation_pytorch.caffe import load_caffemodel_as_statedict
+    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
     from face_segmentation_pytorch.convert import save_state_dict
 
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="fsp_bench_"))

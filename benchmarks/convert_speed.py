@@ -30,7 +30,7 @@ t_import = time.perf_counter() - t0
 path = sys.argv[1]
 t0 = time.perf_counter()
 if path.endswith(".caffemodel"):
-    from face_segmentation_pytorch.caffe import load_caffemodel_as_statedict
+    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
     sd = load_caffemodel_as_statedict(path)
 elif path.endswith(".safetensors"):
     from safetensors.torch import load_file
@@ -55,7 +55,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from caffe_writer import random_layers, write_caffemodel
 
-    from face_segmentation_pytorch.caffe import load_caffemodel_as_statedict
+    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
     from face_segmentation_pytorch.convert import save_state_dict
 
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="fsp_bench_"))

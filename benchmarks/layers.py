@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from face_segmentation_pytorch import kernels
+from face_segmentation_pytorch.models import kernels
 
 # (name, input channels, output channels, map side) at a 500x500 input.
 LAYERS_3X3 = [

@@ -25,7 +25,7 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from .caffe import convert_caffemodel, load_caffemodel_as_statedict, read_caffemodel
+from .formats.caffe import convert_caffemodel, load_caffemodel_as_statedict, read_caffemodel
 from .errors import (
     CaffeModelError,
     ConfigError,
@@ -34,14 +34,14 @@ from .errors import (
     ImageReadError,
     WeightsError,
 )
-from .imageio import load_image
-from .inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
-from .model import BGR_MEAN, FaceSegmentationNet, scores_to_mask, scores_to_pmap
-from .postprocess import fill_holes, full_postprocess, largest_component, smooth
-from .preprocess import image_to_input, resize_pmap
-from .render import cutout, gallery, overlay
-from .segmenter import FaceSegmenter, Segmentation
-from .weights import (
+from .pipeline.imageio import load_image
+from .pipeline.inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
+from .models.fcn8s import BGR_MEAN, FaceSegmentationNet, scores_to_mask, scores_to_pmap
+from .pipeline.postprocess import fill_holes, full_postprocess, largest_component, smooth
+from .pipeline.preprocess import image_to_input, resize_pmap
+from .pipeline.render import cutout, gallery, overlay
+from .pipeline.segmenter import FaceSegmenter, Segmentation
+from .pipeline.weights import (
     DEFAULT_WEIGHTS,
     WEIGHTS,
     Weights,

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, FaceSegmentationError, ImageReadError
+from .errors import EXIT_STATUSES, ConfigError, FaceSegmentationError, ImageReadError, WeightsError
 
 __all__ = ["main", "parse_args", "KEYS", "collect_inputs"]
 
@@ -44,7 +44,8 @@ KEYS: dict[str, Key] = {
     "MODEL_PARAMS_DIR": Key(
         None,
         "folder with face_seg_fcn8s.pt / .safetensors / .caffemodel; downloaded there when "
-        "missing; null: $FACE_SEGMENTATION_PYTORCH_HOME or ~/.cache/face_segmentation_pytorch",
+        "missing; null: $FACE_SEGMENTATION_PYTORCH_HOME, else $XDG_CACHE_HOME/face_segmentation_pytorch, "
+        "else ~/.cache/face_segmentation_pytorch",
     ),
     "OUT_DIR": Key(
         None,
@@ -106,7 +107,10 @@ KEYS: dict[str, Key] = {
     "WORKERS": Key(2, "threads that decode and write images while the network runs"),
     "PRE_NORMALIZE": Key(False, "stretch each image to 0..255 first (the original tool does not)"),
     "MAX_IMAGE_PIXELS": Key(None, "raise Pillow's decompression-bomb limit (pixels); null: Pillow's default"),
-    "PROGRESS": Key(True, "show progress bars on stderr"),
+    "PROGRESS": Key(
+        True,
+        "show progress on stderr: bars on a terminal, a few plain lines when stderr is a file or a pipe",
+    ),
 }
 
 _STRING_KEYS = (
@@ -124,6 +128,8 @@ def help_text() -> str:
         default = "null" if d is None else str(d).lower() if isinstance(d, bool) else d
         lines.append(f"  {name}={default}")
         lines.append(f"      {key.help}")
+    lines += ["", "exit status:"]
+    lines += [f"  {code:<3} {text}" for code, text in EXIT_STATUSES.items()]
     lines += [
         "",
         "example: python -m face_segmentation_pytorch MODEL_PARAMS_DIR=weights IMGS_DIR=photos MASK_THRESHOLD=0.5",
@@ -170,7 +176,8 @@ def parse_args(argv: list[str]) -> dict:
         if not cond:
             raise ConfigError(f"{name}={cfg[name]!r} is invalid: {what}")
 
-    need(cfg["IMGS_DIR"] is not None, "IMGS_DIR", "give the folder of images, e.g. IMGS_DIR=photos")
+    if cfg["IMGS_DIR"] is None:
+        raise ConfigError(f"IMGS_DIR is required: give the folder of images, e.g. IMGS_DIR=photos; {USAGE}")
     need(_is_int(cfg["BATCH_SIZE"]) and cfg["BATCH_SIZE"] >= 1, "BATCH_SIZE", "expected an integer >= 1")
     need(_is_int(cfg["WORKERS"]) and cfg["WORKERS"] >= 1, "WORKERS", "expected an integer >= 1")
     t = cfg["MASK_THRESHOLD"]
@@ -197,7 +204,7 @@ def parse_args(argv: list[str]) -> dict:
     need(mp is None or (_is_int(mp) and mp > 0), "MAX_IMAGE_PIXELS", "expected a positive integer")
     need(cfg["HEATMAP_FORMAT"] in ("png8", "png16", "npy"), "HEATMAP_FORMAT", "expected png8, png16 or npy")
     if cfg["POSTPROCESS"] is not None:
-        from .postprocess import parse_steps
+        from .pipeline.postprocess import parse_steps
 
         parse_steps(cfg["POSTPROCESS"])
         need(t is not None, "POSTPROCESS", "post-processing works on masks: add MASK_THRESHOLD=0.5")
@@ -219,7 +226,7 @@ def parse_args(argv: list[str]) -> dict:
 def _resolve_device(name: str | None):
     import torch
 
-    from .segmenter import resolve_device
+    from .pipeline.segmenter import resolve_device
 
     try:
         device = resolve_device(name)
@@ -245,7 +252,7 @@ def collect_inputs(spec: str, recursive: bool) -> tuple[list[Path], Path, list[t
         that outputs under OUT_DIR mirror, and listed files that do not exist
         (each with a reason).
     """
-    from .imageio import OUTPUT_SUFFIXES, find_images, image_extensions
+    from .pipeline.imageio import OUTPUT_SUFFIXES, find_images, image_extensions
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -339,9 +346,9 @@ def _write_outputs(seg, stem: Path, kinds: list[str], per_face: bool = False) ->
 
     import numpy as np
 
-    from .atomic import save_atomic
-    from .imageio import save_npy_atomic, save_png_atomic
-    from .render import cutout, heatmap_to_png_array, overlay
+    from .pipeline.atomic import save_atomic
+    from .pipeline.imageio import save_npy_atomic, save_png_atomic
+    from .pipeline.render import cutout, heatmap_to_png_array, overlay
 
     shown = seg.mask if seg.mask is not None else seg.pmap
     for kind in kinds:
@@ -372,33 +379,55 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _check_writable(folder: Path, key: str) -> None:
-    from .atomic import ensure_writable_dir
+def _check_writable(folder: Path, key: str) -> list[Path]:
+    """Create ``folder`` if needed and check it is writable; returns the folders created."""
+    from .pipeline.atomic import ensure_writable_dir
 
     try:
-        ensure_writable_dir(folder)
+        return ensure_writable_dir(folder)
     except OSError as e:
         raise ConfigError(f"{key}={folder}: cannot write there ({e.strerror or e}); choose a writable folder") from None
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def run(cfg: dict) -> int:
-    """Run the batch job described by a parsed config. Returns the exit status."""
+    """Run the batch job described by a parsed config. Returns the exit status.
+
+    Folders the run creates (``OUT_DIR``, the weights folder) are removed
+    again if the run ends with nothing written in them.
+    """
+    from .pipeline.atomic import remove_empty_dirs
+
+    created: list[Path] = []
+    try:
+        return _run(cfg, created)
+    finally:
+        remove_empty_dirs(created)
+
+
+def _run(cfg: dict, created: list[Path]) -> int:
     from PIL import Image
-    from tqdm.auto import tqdm
 
-    from .atomic import save_atomic
-    from .imageio import load_image
-    from .segmenter import FaceSegmenter
+    from .pipeline.atomic import save_atomic
+    from .pipeline.imageio import load_image
+    from .pipeline.progress import progress_bar
+    from .pipeline.segmenter import FaceSegmenter
+    from .pipeline.weights import get_weights
 
+    get_weights(cfg["WEIGHTS"])  # an unknown name is a mistake in the command: say so first
     out_dir = Path(cfg["OUT_DIR"]).expanduser() if cfg["OUT_DIR"] else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"OUT_DIR={out_dir}: is a file; give a folder")
     if cfg["MAX_IMAGE_PIXELS"] is not None:
         Image.MAX_IMAGE_PIXELS = cfg["MAX_IMAGE_PIXELS"]
-    device = _resolve_device(cfg["DEVICE"])
+    # ONNX Runtime runs on the CPU: without DEVICE it does not pick CUDA.
+    device = _resolve_device(cfg["DEVICE"] if cfg["BACKEND"] != "onnxruntime" else cfg["DEVICE"] or "cpu")
     images, root, missing = collect_inputs(cfg["IMGS_DIR"], cfg["RECURSIVE"])
     if out_dir is not None:
-        _check_writable(out_dir, "OUT_DIR")
+        created += _check_writable(out_dir, "OUT_DIR")
     kinds = _output_kinds(cfg)
     stems = _output_stems(images, root, out_dir)
     todo = [
@@ -408,7 +437,7 @@ def run(cfg: dict) -> int:
     skipped = len(images) - len(todo)
     user_boxes = None
     if cfg["BOXES"] is not None:
-        from .crop import load_boxes_file
+        from .pipeline.crop import load_boxes_file
 
         table = load_boxes_file(Path(cfg["BOXES"]).expanduser())
         # Per image: its boxes; with CROP=faces an image not in the file is
@@ -420,7 +449,7 @@ def run(cfg: dict) -> int:
     if not todo and not missing:
         _write_failure_log(cfg, out_dir, root, [])  # clears a log of an earlier run
         print(
-            f"face_segmentation_pytorch: all {len(images)} images already have their outputs; "
+            f"face_segmentation_pytorch: all {_plural(len(images), 'image')} already have their outputs; "
             "nothing to do (OVERWRITE=true redoes them)",
             file=sys.stderr,
         )
@@ -449,7 +478,7 @@ def run(cfg: dict) -> int:
             raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
         raise ConfigError(str(e)) from None
     print(
-        f"face_segmentation_pytorch: {len(images)} images from {cfg['IMGS_DIR']}"
+        f"face_segmentation_pytorch: {_plural(len(images), 'image')} from {cfg['IMGS_DIR']}"
         + (f", {skipped} already done (OVERWRITE=true redoes them)" if skipped else "")
         + f"; weights {segmenter.weights_source}, device {device}"
         + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
@@ -486,7 +515,7 @@ def run(cfg: dict) -> int:
 
     interrupted = False
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", disable=not cfg["PROGRESS"], file=sys.stderr)
+    bar = progress_bar(len(todo), desc="segmenting", unit="img", enabled=cfg["PROGRESS"])
     readers = ThreadPoolExecutor(max_workers=cfg["WORKERS"], thread_name_prefix="fsp-read")
     writers = ThreadPoolExecutor(max_workers=cfg["WORKERS"], thread_name_prefix="fsp-write")
     reads: deque[Future] = deque()
@@ -557,7 +586,7 @@ def run(cfg: dict) -> int:
     elapsed = time.perf_counter() - start
 
     if gallery_rows:
-        from .render import gallery
+        from .pipeline.render import gallery
 
         try:
             pic = gallery(gallery_rows, headers=("image", "overlay", "mask" if cfg["MASK_THRESHOLD"] else "heatmap"))
@@ -574,14 +603,14 @@ def run(cfg: dict) -> int:
         msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
         print(f"failed ({stage}): {msg}", file=sys.stderr)
     log = _write_failure_log(cfg, out_dir, root, failures)
-    rate = done / elapsed if elapsed > 0 else 0.0
     summary = (
         "face_segmentation_pytorch: "
         + ("interrupted; " if interrupted else "")
-        + f"{done} images done, {len(failures)} failed, "
-        f"{skipped} skipped (outputs exist), "
-        + (f"{len(no_face)} without a face, " if cropping else "")
-        + f"{rate:.2f} images/s"
+        + f"{_plural(done, 'image')} done, {len(failures)} failed, "
+        f"{skipped} skipped (outputs exist)"
+        + (f", {len(no_face)} without a face" if cropping else "")
+        # A rate only where something was processed; "0.00 images/s" says nothing.
+        + (f", {done / elapsed:.2f} images/s" if done and elapsed > 0 else "")
         + (f"; failures listed in {log}" if log is not None else "")
         + ("; run the same command again to resume" if interrupted else "")
     )
@@ -595,7 +624,7 @@ def _gallery_row(path: Path, seg):
     import numpy as np
     from PIL import Image
 
-    from .render import heatmap_to_png_array, overlay
+    from .pipeline.render import heatmap_to_png_array, overlay
 
     shown = seg.mask if seg.mask is not None else seg.pmap
     thumb = seg.image.copy()
@@ -605,7 +634,7 @@ def _gallery_row(path: Path, seg):
 
 
 def _write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) -> Path | None:
-    from .atomic import save_atomic
+    from .pipeline.atomic import save_atomic
 
     setting = cfg["FAILURE_LOG"]
     if setting is None:
@@ -619,7 +648,9 @@ def _write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) ->
     w = csv.writer(buf)
     w.writerow(["path", "stage", "reason"])
     for p, stage, reason in failures:
-        w.writerow([str(p), stage, reason])
+        # The path has its own column; the reason need not repeat it.
+        prefix = f"{p}: "
+        w.writerow([str(p), stage, reason[len(prefix):] if reason.startswith(prefix) else reason])
     try:
         save_atomic(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
     except OSError as e:
@@ -636,6 +667,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return run(parse_args(argv))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except FaceSegmentationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

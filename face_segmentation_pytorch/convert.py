@@ -23,7 +23,7 @@ def save_state_dict(state_dict, path: str | os.PathLike) -> Path:
     """Save a state_dict atomically; the format follows the file extension."""
     import torch
 
-    from .atomic import atomic_path
+    from .pipeline.atomic import atomic_path
 
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-strict", action="store_true", help="ignore layers with weights that the network does not have"
     )
     args = parser.parse_args(argv)
-    from .caffe import convert_caffemodel
+    from .formats.caffe import convert_caffemodel
 
     try:
         t0 = time.perf_counter()

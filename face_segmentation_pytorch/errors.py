@@ -2,8 +2,21 @@
 
 Every error a user can cause (a bad path, a broken download, a foreign
 caffemodel, an unknown CLI key) derives from :class:`FaceSegmentationError`, so
-the command line can print it as one line instead of a traceback.
+the command line can print it as one line instead of a traceback. The command
+line's exit status follows the kind: :class:`ConfigError` (a mistake in the
+command) exits 2, any other :class:`WeightsError` (the weights could not be
+obtained or verified) exits 3; see :data:`EXIT_STATUSES`.
 """
+
+#: The commands' exit statuses, as ``--help`` and the README list them.
+EXIT_STATUSES = {
+    0: "every image was written",
+    1: "some images failed (listed at the end and in the failure CSV); the rest were written",
+    2: "a mistake in the command: one 'error:' line says what to change",
+    3: "the weights could not be obtained or verified (download failed, HTTP error, hash "
+    "mismatch, a corrupt or foreign weights file); fix the source or try again later",
+    130: "interrupted (Ctrl-C); run the same command again to resume",
+}
 
 
 class FaceSegmentationError(Exception):
@@ -28,3 +41,9 @@ class ImageReadError(FaceSegmentationError):
 
 class ConfigError(FaceSegmentationError):
     """A command line key or value is invalid."""
+
+
+class WeightsSettingError(WeightsError, ConfigError):
+    """The weights were asked for in a way that cannot work: an unknown
+    ``WEIGHTS`` name, a file where the weights folder belongs, a folder that
+    cannot be written. A mistake in the command, not a failed download."""

@@ -10,6 +10,8 @@ Needs the ``[onnx]`` extra: onnx, onnxscript (the exporter), onnxruntime (the ch
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -19,12 +21,30 @@ import numpy as np
 import torch
 
 from .errors import FaceSegmentationError
-from .atomic import atomic_path
-from .model import FaceSegmentationNet
+from .pipeline.atomic import atomic_path
+from .models.fcn8s import FaceSegmentationNet
 
 __all__ = ["export_onnx", "check_onnx", "main"]
 
 _EXTRA = "ONNX export needs the onnx extra: pip install 'face_segmentation_pytorch[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs():
+    """Keep the exporter's notes about absent optional libraries out of our output.
+
+    torch's ONNX exporter logs "torchvision is not installed. Skipping
+    torchvision::nms" (and three more) at WARNING on every export; this network
+    has no torchvision operator, so the lines say nothing to our user.
+    Errors still show.
+    """
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: int = 18) -> Path:
@@ -51,7 +71,7 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
     example = torch.zeros(1, 3, 64, 80, device=dense.conv1_1.weight.device)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", max=8192), 3: torch.export.Dim("width", max=8192)}
     try:
-        with atomic_path(path) as tmp, warnings.catch_warnings():
+        with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet_exporter_logs():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 dense,
@@ -104,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--check", action="store_true", help="compare ONNX Runtime with PyTorch and print the error")
     args = parser.parse_args(argv)
-    from .weights import find_or_download_state_dict
+    from .pipeline.weights import find_or_download_state_dict
 
     try:
         state, source = find_or_download_state_dict(args.params_dir, weights=args.weights)

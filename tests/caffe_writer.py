@@ -183,7 +183,7 @@ def random_layers(
     """
     import torch
 
-    from face_segmentation_pytorch.model import FaceSegmentationNet
+    from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet
 
     torch.manual_seed(seed)
     model = FaceSegmentationNet(num_classes, channel_divisor=channel_divisor)

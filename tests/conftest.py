@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,29 +14,13 @@ sys.path.insert(0, str(TESTS))
 
 from caffe_writer import deploy_prototxt, random_layers, write_caffemodel  # noqa: E402
 
-REFERENCE = Path(os.environ.get("FSP_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
-
-
-def _reference_file(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.exists():
-        # CI sets FSP_REQUIRE_REFERENCE=1 so a missing reference fails there
-        # instead of silently skipping the oracle tests.
-        if os.environ.get("FSP_REQUIRE_REFERENCE") == "1":
-            pytest.fail(f"reference file {path} is missing but FSP_REQUIRE_REFERENCE=1")
-        pytest.skip(f"reference file {path} not available (only in the project's workspace)")
-    return path
+FIXTURES = TESTS / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def reference_prototxt() -> str:
-    return _reference_file("face_seg_fcn8s_deploy.prototxt").read_text()
-
-
-@pytest.fixture(scope="session")
-def reference_images() -> list[Path]:
-    folder = _reference_file("images")
-    return sorted(folder.glob("*.jpg"))
+    """The authors' deploy definition, carried in the repository (fixtures/README.md)."""
+    return (FIXTURES / "face_seg_fcn8s_deploy.prototxt").read_text()
 
 
 class CaffeNet:
@@ -84,10 +67,10 @@ def slim_weights_dir(tmp_path_factory) -> Path:
     """
     import torch
 
-    from face_segmentation_pytorch.caffe import CaffeLayer, caffe_layers_to_state_dict
+    from face_segmentation_pytorch.formats.caffe import CaffeLayer, caffe_layers_to_state_dict
 
-    from face_segmentation_pytorch.model import FaceSegmentationNet, _face_margin
-    from face_segmentation_pytorch.preprocess import image_to_input
+    from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet, _face_margin
+    from face_segmentation_pytorch.pipeline.preprocess import image_to_input
 
     layers = random_layers(21, 16, seed=0, fixed="deploy")
     state, _ = caffe_layers_to_state_dict([CaffeLayer(n, "", b) for n, b in layers.items()])
@@ -117,7 +100,7 @@ def full_weights_dir(tmp_path_factory) -> Path:
     """A MODEL_PARAMS_DIR holding a full-size (134M parameter) random face_seg_fcn8s.pt."""
     import torch
 
-    from face_segmentation_pytorch.model import FaceSegmentationNet
+    from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("full_weights")
@@ -128,7 +111,7 @@ def full_weights_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def kernel_calls(monkeypatch) -> dict[str, int]:
     """Counts the fast path's Winograd and matrix-product convolutions while a test runs."""
-    from face_segmentation_pytorch import kernels
+    from face_segmentation_pytorch.models import kernels
 
     calls = {"winograd": 0, "matmul": 0}
 

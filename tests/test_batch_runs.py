@@ -70,7 +70,7 @@ def test_resume_skips_finished_images_and_overwrite_redoes_them(folder, slim_wei
     stamp = (out / "one__heatmap.png").stat().st_mtime_ns
     second = run_cli(*args)
     assert "2 already done" in second.stderr
-    assert "1 images done, 0 failed, 2 skipped" in _last_line(second)
+    assert "1 image done, 0 failed, 2 skipped" in _last_line(second)
     assert (out / "nested" / "two__heatmap.png").exists()
     assert (out / "one__heatmap.png").stat().st_mtime_ns == stamp
     third = run_cli(*args, "OVERWRITE=true")

@@ -11,7 +11,7 @@ import torch
 from caffe_writer import caffemodel_bytes, random_layers, write_caffemodel
 
 from face_segmentation_pytorch import CaffeModelError, FaceSegmentationNet
-from face_segmentation_pytorch.caffe import (
+from face_segmentation_pytorch.formats.caffe import (
     CaffeLayer,
     caffe_layers_to_state_dict,
     convert_caffemodel,
@@ -71,7 +71,7 @@ def test_unpacked_float_data_is_read():
     blob += b"\x3a\x06\x0a\x04\x01\x01\x02\x03"  # shape {dim: [1,1,2,3]} packed
     layer = b"\x0a\x07conv1_1" + b"\x3a" + bytes([len(blob)]) + blob
     data = b"\xa2\x06" + bytes([len(layer)]) + layer  # field 100, wire type 2
-    from face_segmentation_pytorch.caffe import _Reader
+    from face_segmentation_pytorch.formats.caffe import _Reader
 
     reader = _Reader(data, "mem")
     (num, wire, span, _), = list(reader.fields(0, len(data)))

@@ -60,7 +60,7 @@ def test_heatmaps_next_to_images(images, slim_weights_dir):
         assert out.mode == "L" and out.size == src.size
     # The CLI computes what the Python API computes.
     segmenter = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=None)
-    expected = fsp.render.heatmap_to_png_array(segmenter.segment(images / "portrait.jpg").pmap)
+    expected = fsp.pipeline.render.heatmap_to_png_array(segmenter.segment(images / "portrait.jpg").pmap)
     np.testing.assert_array_equal(np.asarray(Image.open(images / "portrait.jpg__heatmap.png")), expected)
     assert len(np.unique(expected)) > 10
 
@@ -233,8 +233,9 @@ def test_cli_downloads_verified_weights(tmp_path, images, slim_weights_dir):
         # An all-digit hash must stay text (YAML would make it a number).
         bad = run_cli(f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={images}", "WEIGHTS=fcn8s_500_port",
                       f"WEIGHTS_URL={url}", "WEIGHTS_SHA256=" + "0123456789" * 6 + "0123")
-        assert bad.returncode == 2 and "sha256 mismatch" in bad.stderr
-        assert not list(wdir.iterdir()) and not (images / "portrait.jpg__heatmap.png").exists()
+        # Status 3: the weights could not be obtained or verified (not a mistake in the command).
+        assert bad.returncode == 3 and "sha256 mismatch" in bad.stderr
+        assert not wdir.exists() and not (images / "portrait.jpg__heatmap.png").exists()
         good = run_cli(f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={images}", "WEIGHTS=fcn8s_500_port",
                        f"WEIGHTS_URL={url}", "WEIGHTS_SHA256=" + hashlib.sha256(body).hexdigest())
         assert good.returncode == 0, good.stderr

@@ -14,7 +14,7 @@ from test_cli import _last_line, run_cli
 
 import face_segmentation_pytorch as fsp
 from face_segmentation_pytorch import ConfigError
-from face_segmentation_pytorch.crop import FaceDetector, crop_box_from_landmarks, load_boxes_file
+from face_segmentation_pytorch.pipeline.crop import FaceDetector, crop_box_from_landmarks, load_boxes_file
 
 RECT = np.array([(100, 200), (139, 200), (100, 259), (139, 259)], float)  # extent 40 x 60
 

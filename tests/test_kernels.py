@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from face_segmentation_pytorch import FaceSegmentationNet, kernels
-from face_segmentation_pytorch.caffe import load_caffemodel_as_statedict
-from face_segmentation_pytorch.model import scores_to_mask
+from face_segmentation_pytorch import FaceSegmentationNet
+from face_segmentation_pytorch.models import kernels
+from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
+from face_segmentation_pytorch.models.fcn8s import scores_to_mask
 
 # Winograd F(4x4, 3x3) in fp32 measured 4e-6 to 1.2e-5 of the output's largest
 # value on one layer (the transforms scale values by up to ~100 and back).

@@ -15,8 +15,8 @@ import torch
 from conftest import make_caffe_net
 from torch import nn
 
-from face_segmentation_pytorch.caffe import convert_caffemodel, load_caffemodel_as_statedict
-from face_segmentation_pytorch.model import FaceSegmentationNet, scores_to_mask, scores_to_pmap
+from face_segmentation_pytorch.formats.caffe import convert_caffemodel, load_caffemodel_as_statedict
+from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet, scores_to_mask, scores_to_pmap
 
 SIZES = [(1, 1), (31, 45), (257, 513), (500, 500)]
 TOL = 1e-4
@@ -118,7 +118,7 @@ def test_dense_path_equals_caffe_too(slim_net):
 
 @pytest.mark.parametrize("size, batch", [((1, 1), 1), ((500, 500), 1), ((37, 301), 2), ((300, 300), 3)])
 def test_banded_trunk_skips_work_and_equals_dense(size, batch, monkeypatch):
-    from face_segmentation_pytorch import banded
+    from face_segmentation_pytorch.models import banded
 
     torch.manual_seed(0)
     model = FaceSegmentationNet(21, channel_divisor=16).eval()
@@ -218,7 +218,7 @@ def test_fixed_parameters_are_not_trainable():
 
 
 def test_crop_that_does_not_fit_raises():
-    from face_segmentation_pytorch.model import Crop
+    from face_segmentation_pytorch.models.fcn8s import Crop
 
     with pytest.raises(ValueError, match="does not fit"):
         Crop(5)(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from face_segmentation_pytorch import ConfigError
-from face_segmentation_pytorch.postprocess import (
+from face_segmentation_pytorch.pipeline.postprocess import (
     apply_steps,
     fill_holes,
     full_postprocess,
@@ -15,7 +15,7 @@ from face_segmentation_pytorch.postprocess import (
     parse_steps,
     smooth,
 )
-from face_segmentation_pytorch.render import cutout, gallery, heatmap_to_png_array, overlay
+from face_segmentation_pytorch.pipeline.render import cutout, gallery, heatmap_to_png_array, overlay
 
 
 def _canvas(h=40, w=40):

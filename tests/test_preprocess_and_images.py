@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from face_segmentation_pytorch import BGR_MEAN, FaceSegmentationNet, ImageReadError, load_image
-from face_segmentation_pytorch.imageio import find_images, save_png_atomic
-from face_segmentation_pytorch.preprocess import image_to_input, resize_bicubic_uint8, resize_pmap
+from face_segmentation_pytorch.pipeline.imageio import find_images, save_png_atomic
+from face_segmentation_pytorch.pipeline.preprocess import image_to_input, resize_bicubic_uint8, resize_pmap
 
 
 def _rgb(h, w, seed=0):
@@ -155,7 +155,7 @@ def test_find_images_skips_outputs_and_non_images(tmp_path):
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path):
-    from face_segmentation_pytorch.atomic import save_atomic
+    from face_segmentation_pytorch.pipeline.atomic import save_atomic
 
     save_png_atomic(np.zeros((3, 3), np.uint8), tmp_path / "ok.png")
     assert Image.open(tmp_path / "ok.png").size == (3, 3)

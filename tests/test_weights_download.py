@@ -6,14 +6,13 @@ import hashlib
 import io
 import subprocess
 import sys
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 from caffe_writer import caffemodel_bytes, random_layers
+from local_server import LocalServer
 
 from face_segmentation_pytorch import (
     DownloadError,
@@ -23,51 +22,12 @@ from face_segmentation_pytorch import (
     find_or_download_state_dict,
     load_model_parameters,
 )
-from face_segmentation_pytorch.download import download_url_to_file, extract_zip_member
-
-
-class _Server:
-    """Serves registered byte strings; ``truncate`` lies about Content-Length."""
-
-    def __init__(self):
-        self.routes: dict[str, tuple[int, bytes, bool]] = {}
-        self.hits: list[str] = []
-        routes, hits = self.routes, self.hits
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server API)
-                hits.append(self.path)
-                status, body, truncate = routes.get(self.path, (404, b"not found", False))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body) * 2 if truncate else len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                self.wfile.flush()
-                if truncate:
-                    self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def add(self, path: str, body: bytes, status: int = 200, truncate: bool = False) -> str:
-        self.routes[path] = (status, body, truncate)
-        return self.url(path)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from face_segmentation_pytorch.pipeline.download import download_url_to_file, extract_zip_member
 
 
 @pytest.fixture()
 def server():
-    s = _Server()
+    s = LocalServer()
     yield s
     s.close()
 

@@ -14,7 +14,7 @@ import argparse
 import torch
 from torch import nn
 
-from face_segmentation_pytorch.model import Crop, FaceSegmentationNet, Scale
+from face_segmentation_pytorch.models.fcn8s import Crop, FaceSegmentationNet, Scale
 
 
 def trace(size: int) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import CaffeModelError
-from .model import FaceSegmentationNet, _expected_state_shapes
+from ..errors import CaffeModelError
+from ..models.fcn8s import FaceSegmentationNet, _expected_state_shapes
 
 __all__ = [
     "CaffeLayer",

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import save_atomic
-from .errors import ImageReadError
+from ..errors import ImageReadError
 
 __all__ = [
     "load_image",

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
-from .atomic import remove_if_exists
+from ..errors import CaffeModelError, WeightsError, WeightsSettingError
+from .atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists
 from .download import download_url_to_file, extract_zip_member
-from .errors import CaffeModelError, WeightsError
-from .model import BGR_MEAN, FaceSegmentationNet, _expected_state_shapes, architecture_from_state_dict
+from ..models.fcn8s import BGR_MEAN, FaceSegmentationNet, _expected_state_shapes, architecture_from_state_dict
 
 __all__ = [
     "Weights",
@@ -132,7 +133,7 @@ def get_weights(name: str | Weights) -> Weights:
     try:
         return WEIGHTS[name]
     except KeyError:
-        raise WeightsError(
+        raise WeightsSettingError(
             f"unknown weights {name!r}; choose one of: {', '.join(WEIGHTS)}"
         ) from None
 
@@ -198,7 +199,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".caffemodel":
-        from .caffe import load_caffemodel_as_statedict
+        from ..formats.caffe import load_caffemodel_as_statedict
 
         try:
             state = load_caffemodel_as_statedict(path)
@@ -233,33 +234,69 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+#: Weights files an archive may hold, whatever the entry's own format: a zip
+#: given as WEIGHTS_URL may carry a converted state_dict (the earlier port's
+#: release) where the entry publishes a caffemodel; the strict shape check
+#: decides whether it fits.
+ARCHIVE_WEIGHT_SUFFIXES = (".caffemodel", ".pt", ".pth", ".safetensors")
+
+
 def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progress: bool):
     """Download, extract, verify and install ``weights`` into ``folder``."""
+    try:
+        created = ensure_writable_dir(folder)
+    except OSError as e:
+        raise WeightsSettingError(
+            f"cannot write to {folder} ({e.strerror or e}); choose a writable folder "
+            "(MODEL_PARAMS_DIR=...)"
+        ) from None
     # A hidden name of our own, so no file of the user's is overwritten or deleted.
     archive = folder / f".{weights.local_stem}.download.zip"
-    ext = ".caffemodel" if weights.file_format == "caffemodel" else ".pt"
-    final = folder / f"{weights.local_stem}{ext}"
-    # Hidden and unverified until the strict load passes; the suffix lets the loader dispatch.
-    staged = folder / f".{weights.local_stem}.unverified{ext}"
+    staged: list[Path] = []
+    members: list[str] = []
+
+    def stage(member: str) -> Path:
+        members.append(member)
+        # Hidden and unverified until the strict load passes; the suffix lets the loader dispatch.
+        ext = Path(member).suffix.lower()
+        staged.append(folder / f".{weights.local_stem}.unverified{'.pt' if ext == '.pth' else ext}")
+        return staged[-1]
+
+    label = PurePosixPath(urllib.parse.urlsplit(url).path).name or weights.name
     print(f"face_segmentation_pytorch: downloading {weights.name} from {url} to {folder}", file=sys.stderr)
-    digest = download_url_to_file(url, archive, sha256=sha256, progress=progress)
     try:
-        extract_zip_member(archive, staged, member=weights.archive_member, suffix=ext)
-        state = load_state_dict_file(staged)
+        digest = download_url_to_file(url, archive, sha256=sha256, progress=progress, label=label)
+        extract_zip_member(archive, stage, member=weights.archive_member, suffix=ARCHIVE_WEIGHT_SUFFIXES)
+        try:
+            state = load_state_dict_file(staged[0])
+        except WeightsError as e:
+            # Name what the user gave (the URL and the entry), not our hidden staging file.
+            reason = str(e).split(": ", 1)[-1]
+            raise WeightsError(
+                f"{url}: {members[0]} in the archive does not load ({reason}); "
+                "check WEIGHTS_URL and WEIGHTS"
+            ) from None
         arch = architecture_from_state_dict(state)
         # Any archive must match the entry's class count (its input size and
         # face channel depend on it); the published one must be full width too.
         full = {"num_classes": weights.num_classes, "channel_divisor": 1}
         if arch["num_classes"] != weights.num_classes or (url == weights.url and arch != full):
+            others = [w.name for w in WEIGHTS.values() if w.num_classes == arch["num_classes"]]
             raise WeightsError(
                 f"{url}: holds a {arch['num_classes']}-class net with channel divisor "
                 f"{arch['channel_divisor']}, expected the {weights.num_classes}-class "
                 f"{weights.name}; pick the matching WEIGHTS entry"
+                + (f" ({', '.join(others)})" if others else "")
             )
-        os.replace(staged, final)
-    finally:
-        remove_if_exists(staged)
+        final = folder / f"{weights.local_stem}{staged[0].suffix}"
+        os.replace(staged[0], final)
+    except BaseException:
+        for p in staged:
+            remove_if_exists(p)
         remove_if_exists(archive)
+        remove_empty_dirs(created)
+        raise
+    remove_if_exists(archive)
     if sha256 is None:
         print(
             f"face_segmentation_pytorch: no sha256 is recorded for {weights.name}; "
@@ -295,7 +332,7 @@ def find_or_download_state_dict(
     entry = get_weights(weights)
     folder = Path(params_dir).expanduser() if params_dir is not None else default_params_dir()
     if folder.exists() and not folder.is_dir():
-        raise WeightsError(f"{folder}: is a file; MODEL_PARAMS_DIR must be a folder")
+        raise WeightsSettingError(f"{folder}: is a file; MODEL_PARAMS_DIR must be a folder")
     for candidate in entry.local_candidates(folder):
         if candidate.is_file():
             return load_state_dict_file(candidate), candidate

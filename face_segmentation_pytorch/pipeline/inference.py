@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .model import FaceSegmentationNet
+from ..models.fcn8s import FaceSegmentationNet
 from .preprocess import image_to_input, resize_pmap
 
 __all__ = ["predict_pmaps", "run_inputs", "pmap_to_uint8", "pmap_to_mask"]

@@ -7,7 +7,9 @@ drift apart.
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from .imageio import load_image
 from .inference import run_inputs
 from .preprocess import image_to_input
-from .model import FaceSegmentationNet
+from ..models.fcn8s import FaceSegmentationNet
 from .postprocess import apply_steps, parse_steps
 from .weights import DEFAULT_WEIGHTS, Weights, find_or_download_state_dict, weights_for
 
@@ -125,7 +127,7 @@ class FaceSegmenter:
             extra): the network is exported once to ``<weights file>.onnx``
             beside the weights and run by ONNX Runtime.
         url, sha256: Override the weights' download source and hash.
-        progress: Show a progress bar while downloading weights.
+        progress: Show download progress and say when a one-off ONNX export runs.
     """
 
     def __init__(
@@ -152,7 +154,9 @@ class FaceSegmenter:
         self.steps = parse_steps(postprocess)
         if self.steps and threshold is None:
             raise ValueError("post-processing works on masks: give a threshold (e.g. 0.5)")
-        self.device = resolve_device(device)
+        # ONNX Runtime runs on the CPU here: unless a device is named, it picks the CPU
+        # itself instead of the CUDA device the torch backend would default to.
+        self.device = resolve_device("cpu" if backend == "onnxruntime" and device is None else device)
         if backend not in ("torch", "onnxruntime"):
             raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         if backend == "onnxruntime" and self.device.type != "cpu":
@@ -194,6 +198,7 @@ class FaceSegmenter:
         self.face_channel = face_channel
         self.pre_normalize = pre_normalize
         self.backend = backend
+        self.progress = progress
         if backend == "onnxruntime":
             self._forward = self._onnxruntime_forward(net.eval())
             self.model = net.eval()  # kept for its attributes; ONNX Runtime runs the graph
@@ -232,9 +237,9 @@ class FaceSegmenter:
 
     def _onnxruntime_forward(self, net: FaceSegmentationNet):
         """Export ``net`` beside its weights (once) and return a batch -> pmap function."""
-        from .errors import FaceSegmentationError
-        from .export import export_onnx
-        from .model import scores_to_pmap
+        from ..errors import FaceSegmentationError
+        from ..export import export_onnx
+        from ..models.fcn8s import scores_to_pmap
 
         try:
             import onnxruntime as ort
@@ -250,7 +255,20 @@ class FaceSegmenter:
 
             onnx_path, stale = Path(tempfile.mkdtemp(prefix="fsp_onnx_")) / "model.onnx", True
         if stale:
+            if self.progress:
+                print(
+                    f"face_segmentation_pytorch: exporting the network to ONNX once, to {onnx_path} "
+                    "(about 20 s for the full network; later runs reuse the file)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            start = time.perf_counter()
             export_onnx(net, onnx_path)
+            if self.progress:
+                print(
+                    f"face_segmentation_pytorch: exported in {time.perf_counter() - start:.1f} s",
+                    file=sys.stderr,
+                )
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.onnx_path = onnx_path
         face_channel = self.face_channel

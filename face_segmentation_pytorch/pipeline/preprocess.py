@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import BGR_MEAN
+from ..models.fcn8s import BGR_MEAN
 
 __all__ = ["image_to_input", "resize_bicubic_uint8", "resize_pmap", "Size"]
 

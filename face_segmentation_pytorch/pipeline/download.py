@@ -18,10 +18,12 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from .atomic import atomic_path, ensure_writable_dir
-from .errors import DownloadError
+from ..errors import DownloadError
+from .atomic import atomic_path, ensure_writable_dir, remove_empty_dirs
+from .progress import progress_bar
 
 __all__ = ["download_url_to_file", "extract_zip_member", "sha256_of_file"]
 
@@ -44,6 +46,7 @@ def download_url_to_file(
     sha256: str | None = None,
     progress: bool = True,
     timeout: float = 60.0,
+    label: str | None = None,
 ) -> str:
     """Download ``url`` to ``dst`` atomically, verifying its size and sha256.
 
@@ -52,26 +55,37 @@ def download_url_to_file(
         dst: Final path; its folder is created if needed.
         sha256: Expected hex digest; ``None`` skips the check (the digest is
             still returned so the caller can report it).
-        progress: Show a tqdm bar on stderr.
+        progress: Show progress on stderr (a bar on a terminal, a few plain
+            lines otherwise).
         timeout: Seconds to wait for the server on each read.
+        label: File name shown with the progress (default: ``dst``'s name),
+            so a caller that downloads to a hidden staging name can show the
+            name the user knows.
 
     Returns:
         The hex sha256 of the downloaded file.
 
     Raises:
         DownloadError: Network or HTTP failure, a body shorter than its
-            Content-Length, or a hash mismatch. Nothing is left at ``dst``.
+            Content-Length, or a hash mismatch. Nothing is left at ``dst``,
+            and a folder this call created is removed again.
     """
-    from tqdm.auto import tqdm
-
     dst = Path(dst)
     try:
-        ensure_writable_dir(dst.parent)
+        created = ensure_writable_dir(dst.parent)
     except OSError as e:
         raise DownloadError(
             f"cannot write to {dst.parent} ({e.strerror or e}); choose a writable folder "
             "(MODEL_PARAMS_DIR=...)"
         ) from None
+    try:
+        return _download(url, dst, sha256, progress, timeout, label or dst.name)
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+
+
+def _download(url: str, dst: Path, sha256: str | None, progress: bool, timeout: float, label: str) -> str:
     fix = "check the URL and your connection, or put the file in the folder by hand"
     try:
         h = hashlib.sha256()
@@ -83,14 +97,8 @@ def download_url_to_file(
                 with urllib.request.urlopen(request, timeout=timeout) as resp:
                     length = resp.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
-                    with tqdm(
-                        total=total,
-                        disable=not progress,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        desc=f"downloading {dst.name}",
-                        file=sys.stderr,
+                    with progress_bar(
+                        total, desc=f"downloading {label}", unit="B", enabled=progress, file=sys.stderr
                     ) as bar:
                         while True:
                             chunk = resp.read(_CHUNK)
@@ -133,7 +141,11 @@ def _is_unsafe(name: str) -> bool:
 
 
 def extract_zip_member(
-    archive: str | os.PathLike, dest: str | os.PathLike, *, member: str | None, suffix: str
+    archive: str | os.PathLike,
+    dest: str | os.PathLike | Callable[[str], str | os.PathLike],
+    *,
+    member: str | None,
+    suffix: str | tuple[str, ...],
 ) -> Path:
     """Extract one file of a zip archive to ``dest``, atomically.
 
@@ -144,16 +156,21 @@ def extract_zip_member(
 
     Args:
         archive: The zip file.
-        dest: Final path of the extracted file.
+        dest: Final path of the extracted file, or a function of the chosen
+            entry's name that returns it (so the caller can keep its suffix).
         member: Entry name to extract. When it is absent (or ``None``) the
-            only entry ending in ``suffix`` is taken.
-        suffix: File ending to look for when ``member`` is not found.
+            only entry ending in one of ``suffix`` is taken.
+        suffix: File ending(s) to look for when ``member`` is not found.
+
+    Returns:
+        The path written.
 
     Raises:
         DownloadError: Not a zip, an unsafe entry, the member missing or
             ambiguous, or corrupt data.
     """
-    archive, dest = Path(archive), Path(dest)
+    archive = Path(archive)
+    suffixes = (suffix,) if isinstance(suffix, str) else tuple(suffix)
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
@@ -169,13 +186,15 @@ def extract_zip_member(
                 "the target folder; the archive is not the published one"
             )
         if member is None or member not in names:
-            matches = [n for n in names if n.lower().endswith(suffix)]
+            matches = [n for n in names if n.lower().endswith(suffixes)]
             if len(matches) != 1:
+                wanted = member or "one " + " or ".join(f"*{x}" for x in suffixes) + " file"
                 raise DownloadError(
-                    f"{archive}: expected {member or 'one *' + suffix + ' file'} in the archive, "
+                    f"{archive}: expected {wanted} in the archive, "
                     f"found {', '.join(names[:6]) or 'nothing'}; check WEIGHTS_URL"
                 )
             member = matches[0]
+        dest = Path(dest(member) if callable(dest) else dest)
         try:
             # Reading to the end checks the entry's CRC before the rename.
             with atomic_path(dest) as tmp, open(tmp, "wb") as out, zf.open(member) as src:
