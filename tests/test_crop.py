@@ -126,6 +126,37 @@ def test_crops_are_segmented_and_pasted_back(slim_model):
     assert [f.box for f in clipped.faces] == [(500, 500, 12, 12)]
 
 
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "LA", "P"])
+def test_crops_of_non_rgb_images_equal_crops_of_their_rgb_version(slim_model, mode):
+    """Boxes on an L/RGBA/16-bit image: converted once, as the whole-image path does."""
+    rgb = _photos()["astronaut"][:200, :200]
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    if mode == "L":
+        img, as_rgb = Image.fromarray(grey), np.repeat(grey[..., None], 3, axis=2)
+    elif mode == "RGBA":
+        rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+        img, as_rgb = Image.fromarray(rgba, "RGBA"), rgb  # alpha dropped, not composited
+    elif mode == "LA":
+        img = Image.fromarray(np.dstack([grey, np.zeros_like(grey)]), "LA")
+        as_rgb = np.repeat(grey[..., None], 3, axis=2)
+    elif mode == "P":
+        img = Image.fromarray(rgb).quantize(16)
+        pal = np.array(img.getpalette()[: 3 * 16], np.uint8).reshape(16, 3)
+        as_rgb = pal[np.asarray(img)]
+    else:  # 16-bit grey: v * 257 is exactly v in 8 bits
+        img = Image.fromarray(grey.astype(np.uint16) * 257)
+        as_rgb = np.repeat(grey[..., None], 3, axis=2)
+    boxes = [(20, 30, 96, 80)]
+    segmenter = fsp.FaceSegmenter(slim_model, device="cpu", threshold=0.5)
+    got = segmenter.segment(img, boxes=boxes)
+    want = segmenter.segment(as_rgb, boxes=boxes)
+    np.testing.assert_array_equal(got.pmap, want.pmap)
+    np.testing.assert_array_equal(got.mask, want.mask)
+    assert got.image.mode == "RGB"
+    # And the same conversion without boxes.
+    np.testing.assert_array_equal(segmenter.segment(img).pmap, segmenter.segment(as_rgb).pmap)
+
+
 def test_cli_crop_faces(tmp_path, slim_weights_dir):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -102,7 +102,30 @@ def test_sixteen_bit_grey_keeps_its_range(tmp_path):
     arr = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
     out = np.asarray(load_image(_save(Image.fromarray(arr), tmp_path / "g16.png")))
     assert out.dtype == np.uint8 and out[..., 0].min() == 0 and out[..., 0].max() == 255
-    np.testing.assert_array_equal(out[..., 0], (arr >> 8).astype(np.uint8))
+    expected = np.floor(arr.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(out[..., 0], expected)
+
+
+@pytest.mark.parametrize("bright", [None, 300, 60000], ids=["alone", "with-300", "with-60000"])
+def test_sixteen_bit_brightness_does_not_depend_on_the_brightest_pixel(tmp_path, bright):
+    """A 200 in a 16-bit file is 200/65535 of full scale, whatever else the file holds."""
+    arr = np.array([[0, 200], [200, 0]], np.uint16)
+    if bright is not None:
+        arr[1, 1] = bright
+    out = np.asarray(load_image(_save(Image.fromarray(arr), tmp_path / "g.png")))
+    assert out[0, 1, 0] == out[1, 0, 0] == round(200 * 255 / 65535) == 1
+    assert out[0, 0, 0] == 0
+
+
+def test_float_grey_is_scaled_by_its_mode_not_its_values(tmp_path):
+    low = np.full((2, 2), 0.25, np.float32)
+    high = low.copy()
+    high[0, 0] = 0.9
+    a = np.asarray(load_image(_save(Image.fromarray(low, "F"), tmp_path / "lo.tif")))
+    b = np.asarray(load_image(_save(Image.fromarray(high, "F"), tmp_path / "hi.tif")))
+    assert a[1, 1, 0] == b[1, 1, 0] == 64  # round(0.25 * 255)
+    big = np.full((2, 2), 300.0, np.float32)
+    assert np.asarray(load_image(_save(Image.fromarray(big, "F"), tmp_path / "big.tif")))[0, 0, 0] == 255
 
 
 def test_float_tiff_in_unit_range(tmp_path):

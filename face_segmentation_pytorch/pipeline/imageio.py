@@ -14,6 +14,7 @@ from ..errors import ImageReadError
 __all__ = [
     "load_image",
     "to_rgb",
+    "as_rgb_image",
     "image_extensions",
     "find_images",
     "save_png_atomic",
@@ -33,39 +34,82 @@ OUTPUT_SUFFIXES = (
 )
 
 
-def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Map integer or float grey values to 0..255 by the range their type implies."""
-    if arr.dtype == np.uint8:
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        a = np.nan_to_num(arr.astype(np.float64))
-        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
-            a = a * 255.0
-        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    a = arr.astype(np.int64)
-    top = int(a.max()) if a.size else 0
-    if top <= 255:
-        return np.clip(a, 0, 255).astype(np.uint8)
-    if top <= 65535:  # 16-bit data, possibly stored in a 32-bit mode
-        return (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
-    return np.clip(a * 255 // top, 0, 255).astype(np.uint8)
+def _bits_per_sample(img: Image.Image) -> int | None:
+    """The integer bit depth the file declares for a mode ``I`` image, if any.
+
+    Older Pillow releases open 16-bit grey PNGs as mode ``I``; PNG samples
+    have at most 16 bits. TIFF states its depth in the BitsPerSample tag.
+    """
+    if img.format == "PNG":
+        return 16
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None and 258 in tags:
+        bits = tags[258]
+        return int(bits[0] if isinstance(bits, tuple) else bits)
+    return None
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def _scale_to_uint8(arr: np.ndarray, mode: str, bits: int | None = None) -> np.ndarray:
+    """Map grey values to 0..255 by the range the image's mode and bit depth declare.
+
+    Never by the values themselves: one bright pixel must not darken the rest.
+
+    - ``I;16*`` (and mode ``I`` with 16 bits declared): ``round(v * 255 / 65535)``;
+    - ``I`` (32-bit signed integers): ``round(v * 255 / (2**31 - 1))``, negatives 0;
+    - ``F`` (32-bit float): the 0..1 convention of float images (scikit-image,
+      OpenCV's display), ``round(v * 255)``, clipped; NaN becomes 0.
+    """
+    if mode == "F":
+        a = np.nan_to_num(arr.astype(np.float64), nan=0.0)
+        return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    top = 65535 if mode.startswith("I;16") or (mode == "I" and bits == 16) else 2**31 - 1
+    a = np.clip(arr.astype(np.float64), 0, top)
+    return np.rint(a * (255.0 / top)).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image, *, bits: int | None = None) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB.
 
     Alpha is dropped, not composited, as the authors' tool drops it (BGRA ->
-    BGR); 16- and 32-bit grey keeps its top 8 bits of range; CMYK, palette,
-    YCbCr and 1-bit images go through Pillow's own conversion.
+    BGR); 16- and 32-bit integer and float grey are scaled by the range their
+    mode declares (:func:`_scale_to_uint8`); CMYK, palette, YCbCr and 1-bit
+    images go through Pillow's own conversion.
+
+    Args:
+        img: Any Pillow image.
+        bits: Bit depth the file declared for a mode ``I`` image (16 for an
+            older Pillow's 16-bit PNG); ``None``: 32-bit.
     """
     mode = img.mode
     if mode == "RGB":
         return img
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_scale_to_uint8(np.asarray(img)), mode="L").convert("RGB")
+        if bits is None and mode == "I":
+            bits = _bits_per_sample(img)
+        return Image.fromarray(_scale_to_uint8(np.asarray(img), mode, bits), mode="L").convert("RGB")
     if mode in ("RGBA", "RGBa", "RGBX", "LA", "La", "PA"):
         return img.convert("RGBA" if mode != "RGBX" else "RGB").convert("RGB")
     return img.convert("RGB")
+
+
+def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """A PIL image or an array (grey ``(H, W)``, ``(H, W, 3)`` RGB, ``(H, W, 4)``
+    RGBA; uint8, uint16 or float in 0..1) as 8-bit RGB, by :func:`to_rgb`'s rules."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.dtype == np.uint16 and arr.ndim == 2:
+        return to_rgb(Image.fromarray(arr))  # uint16 -> mode I;16
+    if np.issubdtype(arr.dtype, np.floating) and arr.ndim == 2:
+        return to_rgb(Image.fromarray(arr.astype(np.float32)))  # float32 -> mode F
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(
+            f"expected an image: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA uint8 "
+            f"(or (H, W) uint16/float grey), got shape {arr.shape} dtype {arr.dtype}"
+        )
+    return to_rgb(Image.fromarray(arr))
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -82,8 +126,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
+            # The declared depth, read before exif_transpose (its copy has no format or tags).
+            bits = _bits_per_sample(im) if im.mode == "I" else None
             im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            return to_rgb(im, bits=bits)
     except Image.DecompressionBombError as e:
         raise ImageReadError(
             f"{path}: refused by Pillow's decompression-bomb guard ({e}); if you trust the file, "

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.fcn8s import BGR_MEAN
+from .imageio import to_rgb
 
 __all__ = ["image_to_input", "resize_bicubic_uint8", "resize_pmap", "Size"]
 
@@ -71,7 +72,7 @@ def image_to_input(
     if isinstance(img, np.ndarray):
         arr = img
     else:
-        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        arr = np.asarray(to_rgb(img))  # the same conversion as load_image's
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ValueError(
             f"expected an (H, W, 3) uint8 RGB image, got shape {arr.shape} dtype {arr.dtype}"

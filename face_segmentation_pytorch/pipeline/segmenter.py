@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
-from .imageio import load_image
+from .imageio import as_rgb_image, load_image
 from .inference import run_inputs
 from .preprocess import image_to_input
 from ..models.fcn8s import FaceSegmentationNet
@@ -302,7 +302,9 @@ class FaceSegmenter:
         """Everything before the network for one image: face detection or the
         given boxes, crops, resizing and mean subtraction. Thread-safe, so a
         pipeline can run it in worker threads while :meth:`run` computes."""
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        # One conversion for every path (whole image, boxes, detected faces),
+        # so an L, RGBA or 16-bit image is cropped as its RGB version.
+        pil = as_rgb_image(image)
         if self.detector is None and boxes is None:
             return Prepared(pil, path, [self._input(pil)], [(pil.height, pil.width)], None)
         rgb = np.asarray(pil)
