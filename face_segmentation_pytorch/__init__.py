@@ -50,6 +50,7 @@ from .pipeline.weights import (
     load_model_parameters,
     load_state_dict_file,
 )
+from .utils import plt_debug  # also makes fsp.utils (the earlier port's module) an attribute
 
 __version__ = "0.2.0"
 
@@ -82,6 +83,7 @@ __all__ = [
     "load_image",
     "load_model_parameters",
     "load_state_dict_file",
+    "plt_debug",
     "pmap_to_mask",
     "pmap_to_uint8",
     "predict_pmaps",
