@@ -11,8 +11,8 @@ faults per timed forward (median), and speed relative to OpenCV DNN.
     python benchmarks/bench.py                      # 500x500, batch 1, 5 rounds
     python benchmarks/bench.py --size 300 --batch 4 --rounds 3 --variants opencv,eager
 
-Needs the test requirements (OpenCV, protobuf, onnxruntime) and the deploy prototxt
-(``../shared/reference`` or ``$FSP_REFERENCE_DIR``).
+Needs the test requirements (OpenCV, protobuf, onnxruntime); the deploy prototxt
+is the repository's test fixture (``tests/fixtures``).
 """
 
 from __future__ import annotations
@@ -144,11 +144,7 @@ def _thp_mode() -> str:
 
 
 def _reference_prototxt() -> Path:
-    ref = Path(os.environ.get("FSP_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
-    path = ref / "face_seg_fcn8s_deploy.prototxt"
-    if not path.exists():
-        sys.exit(f"error: {path} not found; set FSP_REFERENCE_DIR to the folder with the deploy prototxt")
-    return path
+    return ROOT / "tests" / "fixtures" / "face_seg_fcn8s_deploy.prototxt"
 
 
 def main() -> None:

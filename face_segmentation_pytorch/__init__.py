@@ -1,6 +1,11 @@
-"""Caffe-exact PyTorch port of the Nirkin et al. (2018) FCN-8s face segmentation network.
+"""Face segmentation in PyTorch: two model families behind one API and CLI.
 
-Typical use::
+- FCN-8s (VGG-16) of Nirkin et al. (2018), equal to the Caffe runtime
+  (:class:`FaceSegmentationNet`, weights ``fcn8s_500``, ``fcn8s_300_no_aug``, ``fcn8s_500_port``);
+- LinkNet34 of the OneFlow face segmentation work (:class:`LinkNet34`,
+  weights ``linknet34_oneflow``), its OneFlow checkpoints read without OneFlow.
+
+:class:`FaceSegmenter` runs either by weights name. Typical low-level use::
 
     import torch
     from PIL import Image
@@ -36,8 +41,11 @@ from .errors import (
 )
 from .pipeline.imageio import load_image
 from .pipeline.inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
+from .formats.oneflow import load_oneflow_checkpoint
 from .models.fcn8s import BGR_MEAN, FaceSegmentationNet, scores_to_mask, scores_to_pmap
-from .pipeline.postprocess import fill_holes, full_postprocess, largest_component, smooth
+from .models.linknet import LinkNet34
+from .pipeline.families import FAMILIES, Preprocessing
+from .pipeline.postprocess import dilate, feather, fill_holes, full_postprocess, largest_component, smooth
 from .pipeline.preprocess import image_to_input, resize_pmap
 from .pipeline.render import cutout, gallery, overlay
 from .pipeline.segmenter import FaceSegmenter, Segmentation
@@ -45,6 +53,7 @@ from .pipeline.weights import (
     DEFAULT_WEIGHTS,
     WEIGHTS,
     Weights,
+    apply_state_dict,
     default_params_dir,
     find_or_download_state_dict,
     load_model_parameters,
@@ -63,8 +72,14 @@ __all__ = [
     "FaceSegmentationError",
     "FaceSegmentationNet",
     "FaceSegmenter",
+    "FAMILIES",
+    "LinkNet34",
+    "Preprocessing",
+    "load_oneflow_checkpoint",
     "Segmentation",
     "cutout",
+    "dilate",
+    "feather",
     "fill_holes",
     "full_postprocess",
     "gallery",
@@ -75,6 +90,7 @@ __all__ = [
     "WEIGHTS",
     "Weights",
     "WeightsError",
+    "apply_state_dict",
     "convert_caffemodel",
     "default_params_dir",
     "find_or_download_state_dict",

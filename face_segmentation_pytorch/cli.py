@@ -43,7 +43,8 @@ KEYS: dict[str, Key] = {
     ),
     "MODEL_PARAMS_DIR": Key(
         None,
-        "folder with face_seg_fcn8s.pt / .safetensors / .caffemodel; downloaded there when "
+        "folder with the weights (face_seg_fcn8s.pt / .safetensors / .caffemodel; for LinkNet "
+        "linknet_oneflow_model.pt / .safetensors or the OneFlow folder linknet_oneflow_model/); downloaded there when "
         "missing; null: $FACE_SEGMENTATION_PYTORCH_HOME, else $XDG_CACHE_HOME/face_segmentation_pytorch, "
         "else ~/.cache/face_segmentation_pytorch",
     ),
@@ -61,6 +62,16 @@ KEYS: dict[str, Key] = {
         None,
         "steps applied to masks, comma-separated: largest, fill_holes, smooth, full "
         "(the authors' combined sequence); needs MASK_THRESHOLD",
+    ),
+    "DILATE": Key(
+        0,
+        "grow (or, negative, shrink) the mask by N pixels after POSTPROCESS, in the image's own "
+        "pixels (each face on its own with cropping); needs MASK_THRESHOLD",
+    ),
+    "FEATHER": Key(
+        0,
+        "soften the mask's edge over R pixels each side (0.5 on the edge); __mask.png then holds "
+        "that alpha as 8-bit grey, CUTOUT and OVERLAY use it; needs MASK_THRESHOLD",
     ),
     "HEATMAP_FORMAT": Key("png8", "png8 (__heatmap.png), png16 (__heatmap16.png) or npy (__heatmap.npy, float32)"),
     "OVERLAY": Key(False, "also write <name>__overlay.png: the image with the face blended in red"),
@@ -86,15 +97,26 @@ KEYS: dict[str, Key] = {
     ),
     "INPUT_SIZE": Key(
         _AUTO,
-        "auto: resize to the weights' input size (500 or 300) like the original tool; "
-        "an int: resize to that square size; null: run at native size",
+        "auto: resize to the weights' input size (500, 300, or 256 for LinkNet) like the original tools; "
+        "an int: resize to that square size (LinkNet: a multiple of 32); null: run at native size "
+        "(LinkNet: padded to multiples of 32)",
     ),
-    "WEIGHTS": Key("fcn8s_500", "which published weights: fcn8s_500, fcn8s_300_no_aug, fcn8s_500_port"),
+    "WEIGHTS": Key(
+        "fcn8s_500",
+        "which weights entry (its family, preprocessing and output rule): fcn8s_500, fcn8s_300_no_aug, "
+        "fcn8s_500_port, linknet34_oneflow, linknet34_oneflow_demo",
+    ),
+    "WEIGHTS_FILE": Key(
+        None,
+        "run the weights in this file (.pt, .safetensors, .caffemodel, a OneFlow folder or zip; "
+        "e.g. a training run's best.pt) with WEIGHTS' architecture and preprocessing, instead of "
+        "looking in MODEL_PARAMS_DIR",
+    ),
     "WEIGHTS_URL": Key(None, "download the weights archive from this URL instead"),
     "WEIGHTS_SHA256": Key(None, "expected sha256 of the downloaded archive"),
     "FACE_CHANNEL": Key(
         None,
-        "null: face = best non-background channel (authors' demo); an int: compare that "
+        "FCN-8s only. null: face = best non-background channel (authors' demo); an int: compare that "
         "channel with background only (15 reproduces the authors' C++ tool)",
     ),
     "RECURSIVE": Key(False, "also read images in sub-folders of IMGS_DIR"),
@@ -114,7 +136,7 @@ KEYS: dict[str, Key] = {
 }
 
 _STRING_KEYS = (
-    "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL",
+    "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL", "WEIGHTS_FILE",
     "WEIGHTS_SHA256", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES", "BACKEND",
 )
 
@@ -208,9 +230,18 @@ def parse_args(argv: list[str]) -> dict:
 
         parse_steps(cfg["POSTPROCESS"])
         need(t is not None, "POSTPROCESS", "post-processing works on masks: add MASK_THRESHOLD=0.5")
+    need(_is_int(cfg["DILATE"]), "DILATE", "expected a whole number of pixels (negative shrinks)")
+    need(_is_int(cfg["FEATHER"]) and cfg["FEATHER"] >= 0, "FEATHER", "expected a whole number of pixels >= 0")
+    for name in ("DILATE", "FEATHER"):
+        need(cfg[name] == 0 or t is not None, name, "works on masks: add MASK_THRESHOLD=0.5")
     if cfg["PER_FACE"]:
         need(cfg["CROP"] is not None or cfg["BOXES"] is not None, "PER_FACE", "needs CROP=faces or BOXES=<file>")
         need(t is not None, "PER_FACE", "per-face outputs are masks: add MASK_THRESHOLD=0.5")
+    wf = cfg["WEIGHTS_FILE"]
+    if wf is not None and not Path(wf).expanduser().exists():
+        raise ConfigError(f"WEIGHTS_FILE={wf}: no such file or folder; give the path of a weights file")
+    if wf is not None:
+        cfg["WEIGHTS_FILE"] = str(Path(wf).expanduser())
     sha = cfg["WEIGHTS_SHA256"]
     if sha is not None:
         sha = sha.strip().lower()
@@ -350,11 +381,13 @@ def _write_outputs(seg, stem: Path, kinds: list[str], per_face: bool = False) ->
     from .pipeline.imageio import save_npy_atomic, save_png_atomic
     from .pipeline.render import cutout, heatmap_to_png_array, overlay
 
-    shown = seg.mask if seg.mask is not None else seg.pmap
+    shown = seg.alpha if seg.alpha is not None else seg.mask if seg.mask is not None else seg.pmap
     for kind in kinds:
         target = stem.with_name(stem.name + kind)
         if kind == "__mask.png":
-            save_png_atomic(seg.mask.astype(np.uint8) * 255, target)
+            # With FEATHER the mask file holds the soft alpha as 8-bit grey.
+            mask = heatmap_to_png_array(seg.alpha, 8) if seg.alpha is not None else seg.mask.astype(np.uint8) * 255
+            save_png_atomic(mask, target)
         elif kind == "__heatmap.png":
             save_png_atomic(heatmap_to_png_array(seg.pmap, 8), target)
         elif kind == "__heatmap16.png":
@@ -371,7 +404,8 @@ def _write_outputs(seg, stem: Path, kinds: list[str], per_face: bool = False) ->
             save_atomic(target, lambda f: f.write(data))
     if per_face and seg.faces:
         for k in range(len(seg.faces)):
-            save_png_atomic(seg.face_mask(k).astype(np.uint8) * 255, stem.with_name(f"{stem.name}__face{k}__mask.png"))
+            face = heatmap_to_png_array(seg.face_alpha(k), 8) if seg.feather else seg.face_mask(k).astype(np.uint8) * 255
+            save_png_atomic(face, stem.with_name(f"{stem.name}__face{k}__mask.png"))
 
 
 def _first_line(e: BaseException) -> str:
@@ -460,6 +494,7 @@ def _run(cfg: dict, created: list[Path]) -> int:
         segmenter = FaceSegmenter(
             cfg["WEIGHTS"],
             params_dir=cfg["MODEL_PARAMS_DIR"],
+            weights_file=cfg["WEIGHTS_FILE"],
             device=device,
             input_size=cfg["INPUT_SIZE"],
             threshold=cfg["MASK_THRESHOLD"],
@@ -468,6 +503,8 @@ def _run(cfg: dict, created: list[Path]) -> int:
             pre_normalize=cfg["PRE_NORMALIZE"],
             crop=cfg["CROP"],
             min_face_score=cfg["MIN_FACE_SCORE"],
+            dilate=cfg["DILATE"],
+            feather=cfg["FEATHER"],
             backend=cfg["BACKEND"],
             url=cfg["WEIGHTS_URL"],
             sha256=cfg["WEIGHTS_SHA256"],
@@ -626,7 +663,7 @@ def _gallery_row(path: Path, seg):
 
     from .pipeline.render import heatmap_to_png_array, overlay
 
-    shown = seg.mask if seg.mask is not None else seg.pmap
+    shown = seg.alpha if seg.alpha is not None else seg.mask if seg.mask is not None else seg.pmap
     thumb = seg.image.copy()
     thumb.thumbnail((512, 512))
     small = Image.fromarray(heatmap_to_png_array(shown.astype(np.float32), 8)).resize(thumb.size, Image.BILINEAR)

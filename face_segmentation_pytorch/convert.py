@@ -1,9 +1,17 @@
-"""Convert a caffemodel once: ``python -m face_segmentation_pytorch.convert IN.caffemodel OUT.pt``.
+"""Convert foreign weights once: ``python -m face_segmentation_pytorch.convert IN OUT.pt``.
 
-Writes a state_dict that loads into :class:`FaceSegmentationNet` with
-``strict=True`` (``torch.save`` format for ``.pt``/``.pth``, safetensors for
-``.safetensors``; ``--safetensors`` writes both). Outputs are written under a
-temporary name and renamed, so a failed run leaves nothing behind.
+``IN`` is either
+
+* a ``.caffemodel`` of the FCN-8s network: the output loads into
+  :class:`~face_segmentation_pytorch.models.fcn8s.FaceSegmentationNet`, or
+* a OneFlow LinkNet34 checkpoint, as a folder (eager ``flow.save`` or lazy
+  ``CheckPoint.save`` layout, or a folder holding one) or a ``.zip`` of it:
+  the output loads into :class:`~face_segmentation_pytorch.models.linknet.LinkNet34`.
+
+Both with ``strict=True``. The output is a ``torch.save`` state_dict for
+``.pt``/``.pth`` and safetensors for ``.safetensors``; ``--safetensors``
+writes both. Outputs are written under a temporary name and renamed, so a
+failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from pathlib import Path
 
 from .errors import FaceSegmentationError
 
-__all__ = ["main", "save_state_dict"]
+__all__ = ["main", "save_state_dict", "is_oneflow_source"]
 
 
 def save_state_dict(state_dict, path: str | os.PathLike) -> Path:
@@ -41,27 +49,51 @@ def save_state_dict(state_dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def is_oneflow_source(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a OneFlow checkpoint (a folder or a ``.zip``) rather than a caffemodel."""
+    return os.path.isdir(path) or Path(path).suffix.lower() == ".zip"
+
+
+def _read_source(path: str, strict: bool):
+    """``(state_dict, report lines)`` of a caffemodel or a OneFlow checkpoint."""
+    if is_oneflow_source(path):
+        from .formats.oneflow import read_oneflow_checkpoint
+
+        state, report = read_oneflow_checkpoint(path, strict=strict)
+    else:
+        from .formats.caffe import convert_caffemodel
+
+        state, report = convert_caffemodel(path, strict=strict)
+    return state, report.lines()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m face_segmentation_pytorch.convert",
-        description="Convert a face segmentation caffemodel to a PyTorch state_dict (no Caffe needed).",
+        description=(
+            "Convert face segmentation weights to a PyTorch state_dict: an FCN-8s .caffemodel "
+            "(no Caffe needed) or a OneFlow LinkNet34 checkpoint folder or .zip (no OneFlow needed)."
+        ),
     )
-    parser.add_argument("caffemodel", help="input .caffemodel (binary)")
+    parser.add_argument(
+        "source", metavar="input", help="input .caffemodel (binary), or OneFlow checkpoint folder or .zip"
+    )
     parser.add_argument("output", help="output .pt, .pth or .safetensors")
     parser.add_argument(
         "--safetensors", action="store_true", help="also write a .safetensors file beside a .pt output"
     )
     parser.add_argument(
-        "--no-strict", action="store_true", help="ignore layers with weights that the network does not have"
+        "--no-strict",
+        action="store_true",
+        help="ignore layers (or checkpoint entries) with weights that the network does not have",
     )
     args = parser.parse_args(argv)
-    from .formats.caffe import convert_caffemodel
 
     try:
         t0 = time.perf_counter()
-        state, report = convert_caffemodel(args.caffemodel, strict=not args.no_strict)
+        state, lines = _read_source(args.source, strict=not args.no_strict)
         t1 = time.perf_counter()
-        for line in report.lines():
+        for line in lines:
             print(line)
         n = sum(v.numel() for v in state.values())
         print(f"parsed {n:,} parameters in {t1 - t0:.2f} s")

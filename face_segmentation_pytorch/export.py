@@ -1,9 +1,13 @@
 """Export the network to ONNX: ``python -m face_segmentation_pytorch.export OUT.onnx``.
 
-The graph takes ``data`` (N, 3, H, W), BGR minus the mean, with N, H and W
-dynamic, and returns Caffe's ``score`` blob (N, C, H, W). It is the dense
-network (the constant-padding shortcut is PyTorch-side Python); ``--check``
-runs it in ONNX Runtime against PyTorch and prints the relative error.
+The graph takes ``data`` (N, 3, H, W), the network's prepared input (FCN-8s:
+BGR minus the mean; LinkNet34: normalised RGB, sides multiples of 32), with N,
+H and W dynamic, and returns the network's output: Caffe's ``score`` blob
+(N, C, H, W) for FCN-8s, ``logits`` (N, 1, H, W) for LinkNet34. It is the dense
+network (the FCN-8s constant-padding shortcut is PyTorch-side Python);
+``--check`` runs it in ONNX Runtime against PyTorch and prints the relative error.
+Exit status: 0, 1 (``--check`` found a difference), 2 (a mistake in the
+command), 3 (the weights could not be obtained or verified).
 Needs the ``[onnx]`` extra: onnx, onnxscript (the exporter), onnxruntime (the check).
 """
 
@@ -19,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from .errors import FaceSegmentationError
+from .errors import ConfigError, FaceSegmentationError, WeightsError
 from .pipeline.atomic import atomic_path
-from .models.fcn8s import FaceSegmentationNet
+from .pipeline.families import family_of_model
 
 __all__ = ["export_onnx", "check_onnx", "main"]
 
@@ -47,10 +52,14 @@ def _quiet_exporter_logs():
         logger.setLevel(level)
 
 
-def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: int = 18) -> Path:
-    """Write ``model`` as an ONNX graph with dynamic batch, height and width.
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 18) -> Path:
+    """Write ``model`` (FCN-8s or LinkNet34) as an ONNX graph with dynamic batch,
+    height and width.
 
-    The file is written under a temporary name and renamed.
+    The graph's input is ``data``; its output is ``score`` (FCN-8s: Caffe's
+    blob) or ``logits`` (LinkNet34), as the family names it. LinkNet34's height
+    and width stay multiples of 32. The file is written under a temporary name
+    and renamed.
 
     Raises:
         FaceSegmentationError: onnx or onnxscript is not installed.
@@ -60,16 +69,24 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
         import onnxscript  # noqa: F401
     except ImportError:
         raise FaceSegmentationError(_EXTRA) from None
+    family = family_of_model(model)
     path = Path(path)
     # Export the dense NCHW graph; the caller's model gets its settings back.
-    fast, training = model.fast_inference, model.training
+    fast, training = getattr(model, "fast_inference", None), model.training
     channels_last = [
         p for p in model.parameters() if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
     ]
     dense = model.to(memory_format=torch.contiguous_format).eval()
-    dense.fast_inference = False
-    example = torch.zeros(1, 3, 64, 80, device=dense.conv1_1.weight.device)
-    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", max=8192), 3: torch.export.Dim("width", max=8192)}
+    if fast is not None:
+        dense.fast_inference = False
+    m = family.size_multiple
+    device = next(dense.parameters()).device
+    example = torch.zeros(1, 3, 2 * m if m > 1 else 64, 3 * m if m > 1 else 80, device=device)
+    if m > 1:  # sides stay multiples of m: export the multiple as the free dimension
+        hw = (m * torch.export.Dim("height_blocks", max=8192 // m), m * torch.export.Dim("width_blocks", max=8192 // m))
+    else:
+        hw = (torch.export.Dim("height", max=8192), torch.export.Dim("width", max=8192))
+    dims = {0: torch.export.Dim("batch"), 2: hw[0], 3: hw[1]}
     try:
         with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet_exporter_logs():
             warnings.simplefilter("ignore")
@@ -78,7 +95,7 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
                 (example,),
                 tmp,
                 input_names=["data"],
-                output_names=["score"],
+                output_names=[family.onnx_output],
                 dynamic_shapes=(dims,),
                 opset_version=opset,
                 dynamo=True,
@@ -86,29 +103,37 @@ def export_onnx(model: FaceSegmentationNet, path: str | os.PathLike, *, opset: i
                 verbose=False,
             )
     finally:
-        dense.fast_inference = fast
+        if fast is not None:
+            dense.fast_inference = fast
         dense.train(training)
         for p in channels_last:  # each parameter's own layout, fc6's included
             p.data = p.data.contiguous(memory_format=torch.channels_last)
     return path
 
 
-def check_onnx(model: FaceSegmentationNet, path: str | os.PathLike, sizes=((1, 1), (61, 47), (257, 513))) -> float:
+def check_onnx(model: nn.Module, path: str | os.PathLike, sizes=None) -> float:
     """Largest relative error (max abs difference / max abs value) between ONNX
-    Runtime on ``path`` and ``model`` over random inputs of ``sizes`` (batch 2)."""
+    Runtime on ``path`` and ``model`` over random inputs (batch 2) of ``sizes``
+    (default: a few odd sizes, multiples of 32 for LinkNet34)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise FaceSegmentationError(_EXTRA) from None
+    family = family_of_model(model)
+    if sizes is None:
+        sizes = ((1, 1), (61, 47), (257, 513)) if family.size_multiple == 1 else ((32, 32), (64, 96), (256, 256))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     rng = np.random.default_rng(0)
     model = model.eval()
+    device = next(model.parameters()).device
     for h, w in sizes:
         x = rng.uniform(-123, 151, size=(2, 3, h, w)).astype(np.float32)
+        if family.size_multiple > 1:
+            x /= 58.0  # normalised RGB, as LinkNet34 is fed
         with torch.no_grad():
-            ref = model(torch.from_numpy(x).to(model.conv1_1.weight.device)).cpu().numpy()
-        out = session.run(["score"], {"data": x})[0]
+            ref = model(torch.from_numpy(x).to(device)).cpu().numpy()
+        out = session.run([family.onnx_output], {"data": x})[0]
         worst = max(worst, float(np.abs(out - ref).max() / np.abs(ref).max()))
     return worst
 
@@ -120,15 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("output", help="output .onnx file")
     parser.add_argument("--params-dir", help="folder with the weights (default: the cache folder)")
-    parser.add_argument("--weights", default="fcn8s_500", help="published weights name (default fcn8s_500)")
+    parser.add_argument(
+        "--weights", default="fcn8s_500", help="weights entry, e.g. fcn8s_500 (default) or linknet34_oneflow"
+    )
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--check", action="store_true", help="compare ONNX Runtime with PyTorch and print the error")
     args = parser.parse_args(argv)
-    from .pipeline.weights import find_or_download_state_dict
+    from .pipeline.weights import find_or_download_state_dict, get_weights
 
     try:
         state, source = find_or_download_state_dict(args.params_dir, weights=args.weights)
-        model = FaceSegmentationNet.from_state_dict(state).eval()
+        entry = get_weights(args.weights)
+        model = entry.arch.build(state, entry.preprocessing)
         out = export_onnx(model, args.output, opset=args.opset)
         print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) from {source}")
         if args.check:
@@ -137,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             if err >= 1e-4:
                 print("error: the exported graph disagrees with PyTorch beyond 1e-4", file=sys.stderr)
                 return 1
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except FaceSegmentationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,16 +33,15 @@ from .formats.caffe import load_caffemodel_as_statedict as _load_caffemodel
 # The earlier port's package offered ``fsp.model`` as an attribute; importing it
 # here (utils is imported by the package) keeps that true.
 from .model import FaceSegmentationNet
-from .models.fcn8s import architecture_from_state_dict
 from .pipeline.plot import plt_debug
 from .pipeline.weights import (
     DEFAULT_WEIGHTS,
+    apply_state_dict,
     Weights,
     check_state_dict,
     default_params_dir,
     get_weights,
     load_state_dict_file,
-    weights_for,
 )
 from .pipeline.weights import load_model_parameters as _load_model_parameters
 
@@ -120,24 +119,6 @@ def _load_named_file(path: Path, caffe: bool) -> dict[str, torch.Tensor]:
     return load_state_dict_file(path)
 
 
-def _apply(model: FaceSegmentationNet, state, path: Path, requested: str | Weights) -> Weights:
-    """Load a checked ``state`` into ``model`` as
-    :func:`~face_segmentation_pytorch.pipeline.weights.load_model_parameters` does."""
-    arch = architecture_from_state_dict(state)
-    if arch["channel_divisor"] != model.channel_divisor:
-        raise WeightsError(
-            f"{path}: weights for channel divisor {arch['channel_divisor']}, but the model has "
-            f"{model.channel_divisor}; build it with FaceSegmentationNet.from_state_dict"
-        )
-    if arch["num_classes"] != model.num_classes:
-        model.set_num_classes(arch["num_classes"])
-    model.load_state_dict(state, strict=True)
-    entry = weights_for(state, requested)
-    model.input_size = entry.input_size
-    model.mean_bgr = tuple(entry.mean_bgr)
-    return entry
-
-
 def load_model_parameters(
     model: FaceSegmentationNet,
     params_dir: str | os.PathLike | None = None,
@@ -208,7 +189,7 @@ def load_model_parameters(
             continue
         path = folder / name
         if path.is_file():
-            return _apply(model, _load_named_file(path, caffe), path, weights)
+            return apply_state_dict(model, _load_named_file(path, caffe), path, weights)
     return _load_model_parameters(
         model, folder, weights=weights, url=online, sha256=sha256, progress=progress
     )

@@ -20,12 +20,15 @@ def run_inputs(
     forward: Callable[[torch.Tensor], torch.Tensor],
     inputs: Sequence[torch.Tensor],
     sizes: Sequence[tuple[int, int]],
+    valid: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[torch.Tensor]:
     """Run prepared ``(3, h, w)`` inputs and bring each map to its ``sizes`` entry.
 
     Inputs that share a shape run as one batch through ``forward``, which
     maps an ``(N, 3, h, w)`` CPU batch to ``(N, h, w)`` face probabilities
-    (the network on its device, or another backend).
+    (the network on its device, or another backend). Where ``valid`` gives
+    an ``(h, w)`` for an input, its map is cropped to that top-left part (the
+    rest was padding) before resizing.
 
     Returns:
         One float32 ``(H, W)`` CPU tensor in ``[0, 1]`` per input.
@@ -37,7 +40,10 @@ def run_inputs(
     for idx in groups.values():
         pmaps = forward(torch.stack([inputs[i] for i in idx])).float()
         for j, i in enumerate(idx):
-            out[i] = resize_pmap(pmaps[j], sizes[i]).cpu()
+            pmap = pmaps[j]
+            if valid is not None and valid[i] is not None:
+                pmap = pmap[: valid[i][0], : valid[i][1]]
+            out[i] = resize_pmap(pmap, sizes[i]).cpu()
     return out  # type: ignore[return-value]
 
 

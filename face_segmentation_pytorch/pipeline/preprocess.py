@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models.fcn8s import BGR_MEAN
+from .families import Preprocessing
 from .imageio import to_rgb
 
-__all__ = ["image_to_input", "resize_bicubic_uint8", "resize_pmap", "Size"]
+__all__ = ["image_to_input", "prepare_input", "resize_bicubic_uint8", "resize_pmap", "RESAMPLERS", "Size"]
 
 Size = int | tuple[int, int]
 
@@ -48,6 +49,79 @@ def resize_bicubic_uint8(chw: torch.Tensor, size: Size) -> torch.Tensor:
     return out.squeeze(0) if squeeze else out
 
 
+def _resize_pil_bilinear(arr: np.ndarray, size: Size) -> torch.Tensor:
+    """Pillow's bilinear resize of a uint8 ``(H, W, 3)`` image, as torchvision's
+    ``transforms.Resize`` does on a PIL image; returns ``(3, h, w)`` floats."""
+    from PIL import Image
+
+    h, w = _as_hw(size)
+    if arr.shape[:2] != (h, w):
+        arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.BILINEAR))
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+
+
+def _resize_bicubic(arr: np.ndarray, size: Size) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+    return resize_bicubic_uint8(x, size)
+
+
+#: The ways a weights entry may resize its inputs (:attr:`Preprocessing.resample`).
+RESAMPLERS = {"bicubic": _resize_bicubic, "pil_bilinear": _resize_pil_bilinear}
+
+
+def prepare_input(
+    img,
+    preprocessing: Preprocessing,
+    *,
+    size: Size | None = None,
+    pre_normalize: bool = False,
+) -> torch.Tensor:
+    """Turn an image into the network input its weights entry describes.
+
+    Steps: RGB (any mode, by :func:`~.imageio.to_rgb`'s rules); the OneFlow
+    demo's channel swap if the entry asks for it; resize to ``size`` with the
+    entry's resampler; the network's channel order; the optional contrast
+    stretch; ``(x - mean) / std``.
+
+    Args:
+        img: PIL image or ``(H, W, 3)`` uint8 RGB array.
+        preprocessing: The entry's :class:`~.families.Preprocessing`.
+        size: ``None`` keeps the native size; an int or ``(height, width)`` resizes.
+        pre_normalize: Stretch the (resized) image linearly so its minimum is
+            0 and its maximum 255 first (not in the original tools); a flat
+            image is left unchanged.
+
+    Returns:
+        ``(3, H, W)`` float32 tensor.
+    """
+    if isinstance(img, np.ndarray):
+        arr = img
+    else:
+        arr = np.asarray(to_rgb(img))  # the same conversion as load_image's
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 RGB image, got shape {arr.shape} dtype {arr.dtype}"
+        )
+    if preprocessing.swap_input_channels:
+        arr = arr[:, :, ::-1]
+    if size is not None:
+        x = RESAMPLERS[preprocessing.resample](arr, size)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+    # Resizing works per channel, so reordering after it changes no value.
+    if preprocessing.channel_order == "BGR":
+        x = x.flip(0)
+    if pre_normalize:
+        lo, hi = x.min(), x.max()
+        if hi > lo:
+            x = (x - lo) * (255.0 / (hi - lo))
+    mean = torch.tensor([float(m) for m in preprocessing.mean], dtype=torch.float32).view(3, 1, 1)
+    x = x - mean
+    if any(float(s) != 1.0 for s in preprocessing.std):
+        x = x / torch.tensor([float(s) for s in preprocessing.std], dtype=torch.float32).view(3, 1, 1)
+    return x
+
+
 def image_to_input(
     img,
     *,
@@ -55,7 +129,11 @@ def image_to_input(
     mean_bgr: Sequence[float] = BGR_MEAN,
     pre_normalize: bool = False,
 ) -> torch.Tensor:
-    """Turn an RGB image into a mean-subtracted BGR float tensor.
+    """Turn an RGB image into a mean-subtracted BGR float tensor (the FCN-8s input).
+
+    The authors' tool: BGR, bicubic resize (OpenCV ``INTER_CUBIC``), subtract
+    the BGR mean, no scaling; :func:`prepare_input` with the FCN-8s entries'
+    preprocessing.
 
     Args:
         img: PIL image (converted to RGB if needed) or ``(H, W, 3)`` uint8 RGB array.
@@ -69,24 +147,8 @@ def image_to_input(
     Returns:
         ``(3, H, W)`` float32 tensor.
     """
-    if isinstance(img, np.ndarray):
-        arr = img
-    else:
-        arr = np.asarray(to_rgb(img))  # the same conversion as load_image's
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(
-            f"expected an (H, W, 3) uint8 RGB image, got shape {arr.shape} dtype {arr.dtype}"
-        )
-    # RGB -> BGR by reversing the channel axis, then HWC -> CHW.
-    x = torch.from_numpy(np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))).float()
-    if size is not None:
-        x = resize_bicubic_uint8(x, size)
-    if pre_normalize:
-        lo, hi = x.min(), x.max()
-        if hi > lo:
-            x = (x - lo) * (255.0 / (hi - lo))
-    mean = torch.tensor([float(m) for m in mean_bgr], dtype=torch.float32).view(3, 1, 1)
-    return x - mean
+    pre = Preprocessing(input_size=0, channel_order="BGR", mean=tuple(mean_bgr), resample="bicubic")
+    return prepare_input(img, pre, size=size, pre_normalize=pre_normalize)
 
 
 def resize_pmap(pmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

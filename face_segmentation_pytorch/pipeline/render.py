@@ -19,6 +19,20 @@ def _rgb_array(image) -> np.ndarray:
     return arr
 
 
+#: A map whose maximum is above this is taken as 8-bit (0..255). Booleans, 0/1
+#: masks, probability maps and alpha mattes in [0, 1] (such as
+#: :func:`~.postprocess.feather`'s float32 alpha) are at most 1; the small margin
+#: keeps a float matte that overshoots 1 by rounding from being read as 8-bit.
+_EIGHT_BIT_ABOVE = 1.001
+
+
+def _map_array(m: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float32)
+    if m.shape != shape:
+        raise ValueError(f"{what} {m.shape} and image {shape} differ in size")
+    return m
+
+
 def overlay(
     image, mask: np.ndarray, color: Sequence[int] = (255, 0, 0), alpha: float = 0.5
 ) -> Image.Image:
@@ -26,29 +40,28 @@ def overlay(
 
     Args:
         image: PIL image or ``(H, W, 3)`` uint8 RGB array.
-        mask: ``(H, W)`` mask, foreground where non-zero (or a probability map,
-            which then weights the blend per pixel).
+        mask: ``(H, W)`` mask, foreground where non-zero; or a float map in
+            [0, 1] (a probability map, a feathered alpha), which then weights
+            the blend per pixel; or an 8-bit 0..255 map.
         color: RGB colour of the face.
-        alpha: Opacity of the colour on foreground pixels.
+        alpha: Opacity of the colour where the mask is 1.
     """
     rgb = _rgb_array(image).astype(np.float32)
-    m = np.asarray(mask, dtype=np.float32)
-    if m.max(initial=0) > 1:
+    m = _map_array(mask, rgb.shape[:2], "mask")
+    if m.max(initial=0) > _EIGHT_BIT_ABOVE:
         m = m / 255.0
-    if m.shape != rgb.shape[:2]:
-        raise ValueError(f"mask {m.shape} and image {rgb.shape[:2]} differ in size")
+    m = np.clip(m, 0.0, 1.0)
     a = (alpha * m)[..., None]
     out = rgb * (1 - a) + np.asarray(color, np.float32) * a
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
 
 def cutout(image, pmap: np.ndarray) -> Image.Image:
-    """RGBA image whose alpha is the face probability (soft matte), or a mask's 0/255."""
+    """RGBA image whose alpha is the face probability or a feathered alpha
+    (soft mattes in [0, 1]), or a mask's 0/255; alpha = round(255 * value)."""
     rgb = _rgb_array(image)
-    p = np.asarray(pmap, dtype=np.float32)
-    if p.shape != rgb.shape[:2]:
-        raise ValueError(f"map {p.shape} and image {rgb.shape[:2]} differ in size")
-    alpha = p if p.max(initial=0) > 1 else p * 255.0
+    p = _map_array(pmap, rgb.shape[:2], "map")
+    alpha = p if p.max(initial=0) > _EIGHT_BIT_ABOVE else p * 255.0
     rgba = np.dstack([rgb, np.clip(np.rint(alpha), 0, 255).astype(np.uint8)])
     return Image.fromarray(rgba, mode="RGBA")
 

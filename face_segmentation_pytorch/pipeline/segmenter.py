@@ -16,15 +16,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from .imageio import as_rgb_image, load_image
 from .inference import run_inputs
-from .preprocess import image_to_input
-from ..models.fcn8s import FaceSegmentationNet
-from .postprocess import apply_steps, parse_steps
-from .weights import DEFAULT_WEIGHTS, Weights, find_or_download_state_dict, weights_for
+from .preprocess import prepare_input
+from .postprocess import apply_steps, check_px, parse_steps
+from .postprocess import dilate as grow_mask
+from .postprocess import feather as feather_mask
+from .families import family_of_model
+from .weights import (
+    DEFAULT_WEIGHTS,
+    Weights,
+    find_or_download_state_dict,
+    get_weights,
+    load_state_dict_file,
+    weights_for,
+)
 
 __all__ = ["FaceSegmenter", "Prepared", "Segmentation", "resolve_device"]
 
@@ -54,6 +65,12 @@ class Segmentation:
             or ``None`` when the segmenter has no threshold.
         image: The RGB image that was segmented (for overlays).
         path: Where the image came from, when it was given as a path.
+        faces: With cropping, the faces (boxes, scores, landmarks).
+        face_masks: With cropping and a threshold, each face's mask (its
+            crop box's size, or the full image's once dilated past the box).
+        alpha: With ``feather``, the final mask's soft edge: float32 in
+            ``[0, 1]``, 0.5 on the mask's edge (:func:`.postprocess.feather`).
+        feather: The feather radius in pixels the alpha was made with (0: none).
     """
 
     pmap: np.ndarray
@@ -62,6 +79,8 @@ class Segmentation:
     path: Path | None = None
     faces: list[Face] | None = None
     face_masks: list[np.ndarray] | None = field(default=None, repr=False)
+    alpha: np.ndarray | None = field(default=None, repr=False)
+    feather: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -72,10 +91,17 @@ class Segmentation:
         """Full-size boolean mask of face ``k`` alone (crop mode with a threshold)."""
         if self.faces is None or self.face_masks is None:
             raise ValueError("per-face masks exist only when cropping faces with a threshold")
+        m = self.face_masks[k]
+        if m.shape == self.size:  # dilated in the full image's pixels
+            return m
         x, y, w, h = self.faces[k].box
         full = np.zeros(self.size, bool)
-        full[y : y + h, x : x + w] = self.face_masks[k]
+        full[y : y + h, x : x + w] = m
         return full
+
+    def face_alpha(self, k: int) -> np.ndarray:
+        """Face ``k``'s mask feathered like :attr:`alpha` (the mask as 0/1 without ``feather``)."""
+        return feather_mask(self.face_mask(k), self.feather)
 
 
 @dataclass
@@ -88,6 +114,8 @@ class Prepared:
         inputs: ``(3, h, w)`` network inputs: the whole image, or one per face.
         sizes: ``(height, width)`` each input's map is brought back to.
         faces: ``None`` for a whole-image run, else the faces (possibly none).
+        valid: Per input, the ``(h, w)`` of its map that is not padding
+            (``None``: all of it).
     """
 
     image: Image.Image = field(repr=False)
@@ -95,27 +123,36 @@ class Prepared:
     inputs: list[torch.Tensor] = field(repr=False)
     sizes: list[tuple[int, int]]
     faces: list[Face] | None
+    valid: list[tuple[int, int] | None] | None = None
 
 
 class FaceSegmenter:
     """Find, load and run the network; threshold and post-process its output.
 
     Args:
-        model: A :data:`~face_segmentation_pytorch.weights.WEIGHTS` name
-            (``"fcn8s_500"``, ``"fcn8s_300_no_aug"``, ``"fcn8s_500_port"``) or a
-            :class:`FaceSegmentationNet` with weights loaded.
+        model: A :data:`~face_segmentation_pytorch.WEIGHTS` name
+            (``"fcn8s_500"``, ``"fcn8s_300_no_aug"``, ``"fcn8s_500_port"``,
+            ``"linknet34_oneflow"``, ``"linknet34_oneflow_demo"``) or a
+            :class:`FaceSegmentationNet` / :class:`LinkNet34` with weights loaded.
+            The entry carries the family, its preprocessing and how its output
+            becomes a face probability.
         params_dir: Folder with (or for) the weights; ``None`` uses the cache folder.
+        weights_file: Load the weights from this file (``.pt``, ``.safetensors``,
+            ``.caffemodel``, a OneFlow folder or zip) instead of looking in
+            ``params_dir``; the entry still says how to run them (e.g. a
+            fine-tuned ``best.pt`` with ``"linknet34_oneflow"``).
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
         input_size: ``"auto"`` resizes to the weights' input size as the
-            original tool does; an int or ``(h, w)`` another size; ``None``
-            runs at native size.
+            original tools do; an int or ``(h, w)`` another size (LinkNet34:
+            multiples of 32); ``None`` runs at native size (LinkNet34: padded
+            to multiples of 32, the padding cropped off the result).
         threshold: Face probability above which a pixel is in the mask;
             ``None`` gives probability maps only.
         postprocess: Steps applied to masks, by name (``"largest"``,
             ``"fill_holes"``, ``"smooth"``, ``"full"``), as a list or a
             comma-separated string.
-        face_channel: ``None`` (best non-background channel) or a channel
-            index compared with background (15: the authors' C++ tool).
+        face_channel: FCN-8s only: ``None`` (best non-background channel) or a
+            channel index compared with background (15: the authors' C++ tool).
         pre_normalize: Contrast-stretch images first (the original tool does not).
         crop: ``None`` segments whole images; ``"faces"`` detects faces (the
             ``[crop]`` extra), segments each face's crop box and pastes the
@@ -127,14 +164,20 @@ class FaceSegmenter:
             extra): the network is exported once to ``<weights file>.onnx``
             beside the weights and run by ONNX Runtime.
         url, sha256: Override the weights' download source and hash.
+        dilate: Grow (or, negative, shrink) each mask by this many pixels after
+            the post-processing steps, in the full image's pixels (with
+            cropping, each face's mask on its own, so it may pass its box).
+        feather: Soften the final mask's edge over this many pixels into
+            :attr:`Segmentation.alpha` (0.5 on the edge).
         progress: Show download progress and say when a one-off ONNX export runs.
     """
 
     def __init__(
         self,
-        model: str | Weights | FaceSegmentationNet = DEFAULT_WEIGHTS,
+        model: str | Weights | nn.Module = DEFAULT_WEIGHTS,
         *,
         params_dir: str | os.PathLike | None = None,
+        weights_file: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         input_size: int | tuple[int, int] | str | None = _AUTO,
         threshold: float | None = 0.5,
@@ -147,6 +190,8 @@ class FaceSegmenter:
         backend: str = "torch",
         url: str | None = None,
         sha256: str | None = None,
+        dilate: int = 0,
+        feather: int = 0,
         progress: bool = True,
     ) -> None:
         if threshold is not None and not 0.0 < threshold < 1.0:
@@ -154,6 +199,10 @@ class FaceSegmenter:
         self.steps = parse_steps(postprocess)
         if self.steps and threshold is None:
             raise ValueError("post-processing works on masks: give a threshold (e.g. 0.5)")
+        self.dilate = check_px(dilate, "dilate")
+        self.feather = check_px(feather, "feather", allow_negative=False)
+        if (self.dilate or self.feather) and threshold is None:
+            raise ValueError("dilate and feather work on masks: give a threshold (e.g. 0.5)")
         # ONNX Runtime runs on the CPU here: unless a device is named, it picks the CPU
         # itself instead of the CUDA device the torch backend would default to.
         self.device = resolve_device("cpu" if backend == "onnxruntime" and device is None else device)
@@ -177,23 +226,38 @@ class FaceSegmenter:
             self._local.detector = self.detector
         else:
             raise ValueError(f"crop must be None, 'faces' or a FaceDetector, got {crop!r}")
-        if isinstance(model, FaceSegmentationNet):
+        if isinstance(model, nn.Module):
+            if weights_file is not None:
+                raise ValueError("weights_file applies to a weights entry name, not to a model object")
             net, self.weights_source = model, None
+            self.family = family_of_model(net)
+            self.entry = None
+            self.preprocessing = self.family.preprocessing_of(net)
         else:
-            state, self.weights_source = find_or_download_state_dict(
-                params_dir, weights=model, url=url, sha256=sha256, progress=progress
-            )
-            entry = weights_for(state, model)
-            net = FaceSegmentationNet.from_state_dict(
-                state, input_size=entry.input_size, mean_bgr=entry.mean_bgr
-            )
+            self.entry = get_weights(model)
+            if weights_file is not None:
+                # Your own weights (e.g. a training run's best.pt) with this
+                # entry's architecture, preprocessing and output rule.
+                state = load_state_dict_file(weights_file, self.entry.family)
+                self.weights_source = Path(weights_file)
+            else:
+                state, self.weights_source = find_or_download_state_dict(
+                    params_dir, weights=model, url=url, sha256=sha256, progress=progress
+                )
+            if weights_file is None:
+                self.entry = weights_for(state, self.entry)
+            self.family = self.entry.arch
+            self.preprocessing = self.entry.preprocessing
+            net = self.family.build(state, self.preprocessing)
             del state  # the model holds the tensors now; no second reference
-        if face_channel is not None and not 1 <= face_channel < net.num_classes:
+        self.family.check_face_channel(net, face_channel)
+        self.input_size = self.preprocessing.input_size if input_size == _AUTO else input_size
+        m = self.family.size_multiple
+        if self.input_size is not None and any(v % m for v in _pair(self.input_size)):
             raise ValueError(
-                f"face_channel={face_channel} does not exist: the weights have "
-                f"{net.num_classes} channels (use 1..{net.num_classes - 1}, or None)"
+                f"input_size={self.input_size}: {self.family.name} needs sides that are multiples of {m}; "
+                f"use {self.preprocessing.input_size}, another multiple of {m}, or None (native size, padded)"
             )
-        self.input_size = net.input_size if input_size == _AUTO else input_size
         self.threshold = threshold
         self.face_channel = face_channel
         self.pre_normalize = pre_normalize
@@ -207,11 +271,11 @@ class FaceSegmenter:
         if channels_last if channels_last is not None else self.device.type == "cpu":
             # The fastest exact layout on CPU (benchmarks/bench.py); the
             # oracle tests check it against Caffe too.
-            self.model = self.model.channels_last_()
+            self.model = self.family.to_channels_last(self.model)
         self._forward = self._torch_forward
 
     def _torch_forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.to(self.device), as_pmap=True, face_channel=self.face_channel)
+        return self.family.forward_pmap(self.model, batch.to(self.device), self.face_channel)
 
     def segment(self, images, boxes=None):
         """Segment one image or a list of them.
@@ -235,11 +299,10 @@ class FaceSegmenter:
         results = self.segment_loaded(pics, paths, boxes=boxes)
         return results[0] if single else results
 
-    def _onnxruntime_forward(self, net: FaceSegmentationNet):
+    def _onnxruntime_forward(self, net: nn.Module):
         """Export ``net`` beside its weights (once) and return a batch -> pmap function."""
         from ..errors import FaceSegmentationError
         from ..export import export_onnx
-        from ..models.fcn8s import scores_to_pmap
 
         try:
             import onnxruntime as ort
@@ -271,11 +334,11 @@ class FaceSegmenter:
                 )
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.onnx_path = onnx_path
-        face_channel = self.face_channel
+        face_channel, family = self.face_channel, self.family
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
-            scores = session.run(["score"], {"data": batch.contiguous().numpy()})[0]
-            return scores_to_pmap(torch.from_numpy(scores), face_channel=face_channel)
+            out = session.run([family.onnx_output], {"data": batch.contiguous().numpy()})[0]
+            return family.logits_to_pmap(torch.from_numpy(out), face_channel)
 
         return forward
 
@@ -289,9 +352,21 @@ class FaceSegmenter:
         return det.detect(rgb)
 
     def _input(self, img) -> torch.Tensor:
-        return image_to_input(
-            img, size=self.input_size, mean_bgr=self.model.mean_bgr, pre_normalize=self.pre_normalize
-        )
+        x = prepare_input(img, self.preprocessing, size=self.input_size, pre_normalize=self.pre_normalize)
+        m = self.family.size_multiple
+        h, w = x.shape[-2:]
+        if h % m or w % m:
+            # Native size for a network that needs multiples of m: pad with
+            # zeros (the mean, after normalisation) at the bottom and right;
+            # run_inputs crops the map back to (h, w) before resizing.
+            x = F.pad(x, (0, -w % m, 0, -h % m))
+        return x
+
+    def _valid(self, img_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The unpadded part of an input's map, for an image (or crop) of ``img_hw``."""
+        if self.input_size is not None or self.family.size_multiple == 1:
+            return None
+        return img_hw
 
     def prepare(
         self,
@@ -306,7 +381,8 @@ class FaceSegmenter:
         # so an L, RGBA or 16-bit image is cropped as its RGB version.
         pil = as_rgb_image(image)
         if self.detector is None and boxes is None:
-            return Prepared(pil, path, [self._input(pil)], [(pil.height, pil.width)], None)
+            hw = (pil.height, pil.width)
+            return Prepared(pil, path, [self._input(pil)], [hw], None, [self._valid(hw)])
         rgb = np.asarray(pil)
         if boxes is not None:
             faces = [Face(_clip_box(b, rgb.shape[1], rgb.shape[0])) for b in boxes]
@@ -314,7 +390,8 @@ class FaceSegmenter:
         else:  # no boxes, so there is a detector (see the return above)
             faces = self._detect(rgb)
         inputs = [self._input(rgb[y : y + h, x : x + w]) for x, y, w, h in (f.box for f in faces)]
-        return Prepared(pil, path, inputs, [(f.box[3], f.box[2]) for f in faces], faces)
+        sizes = [(f.box[3], f.box[2]) for f in faces]
+        return Prepared(pil, path, inputs, sizes, faces, [self._valid(hw) for hw in sizes])
 
     def run(self, prepared: Sequence[Prepared]) -> list[Segmentation]:
         """Run the network on prepared images (all their inputs in one batch
@@ -327,13 +404,18 @@ class FaceSegmenter:
         """
         inputs = [x for p in prepared for x in p.inputs]
         sizes = [sz for p in prepared for sz in p.sizes]
-        maps = iter(run_inputs(self._forward, inputs, sizes) if inputs else [])
+        valid = [v for p in prepared for v in (p.valid or [None] * len(p.inputs))]
+        maps = iter(run_inputs(self._forward, inputs, sizes, valid) if inputs else [])
         out = []
         for p in prepared:
             if p.faces is None:
                 pmap = next(maps).numpy()
-                mask = None if self.threshold is None else apply_steps(pmap > self.threshold, self.steps)
-                out.append(Segmentation(pmap, mask, p.image, p.path))
+                mask = None
+                if self.threshold is not None:
+                    mask = apply_steps(pmap > self.threshold, self.steps)
+                    if self.dilate:  # after the steps, in the image's own pixels
+                        mask = grow_mask(mask, self.dilate)
+                out.append(Segmentation(pmap, mask, p.image, p.path, alpha=self._alpha(mask), feather=self.feather))
                 continue
             full = np.zeros((p.image.height, p.image.width), np.float32)
             union = None if self.threshold is None else np.zeros(full.shape, bool)
@@ -345,10 +427,26 @@ class FaceSegmenter:
                 np.maximum(region, pmap, out=region)
                 if union is not None:
                     m = apply_steps(pmap > self.threshold, self.steps)
-                    union[y : y + h, x : x + w] |= m
+                    if self.dilate:
+                        # Grown in the full image's pixels, so it may pass its crop box.
+                        whole = np.zeros(full.shape, bool)
+                        whole[y : y + h, x : x + w] = m
+                        m = grow_mask(whole, self.dilate)
+                        union |= m
+                    else:
+                        union[y : y + h, x : x + w] |= m
                     face_masks.append(m)
-            out.append(Segmentation(full, union, p.image, p.path, p.faces, face_masks))
+            out.append(
+                Segmentation(
+                    full, union, p.image, p.path, p.faces, face_masks,
+                    alpha=self._alpha(union), feather=self.feather,
+                )
+            )
         return out
+
+    def _alpha(self, mask: np.ndarray | None) -> np.ndarray | None:
+        # Feathered once on the joined mask, so touching faces get no seam.
+        return feather_mask(mask, self.feather) if self.feather and mask is not None else None
 
     def segment_loaded(
         self,
@@ -361,6 +459,10 @@ class FaceSegmenter:
         paths = list(paths) if paths is not None else [None] * len(images)
         boxes = list(boxes) if boxes is not None else [None] * len(images)
         return self.run([self.prepare(img, p, b) for img, p, b in zip(images, paths, boxes)])
+
+
+def _pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _clip_box(box, width: int, height: int) -> tuple[int, int, int, int]:

@@ -14,15 +14,18 @@ import os
 import sys
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import torch
 
+from torch import nn
+
 from ..errors import CaffeModelError, WeightsError, WeightsSettingError
-from .atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists
+from ..models.fcn8s import BGR_MEAN
+from .atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists, save_atomic
 from .download import download_url_to_file, extract_zip_member
-from ..models.fcn8s import BGR_MEAN, FaceSegmentationNet, _expected_state_shapes, architecture_from_state_dict
+from .families import FAMILIES, FCN8S, Family, Preprocessing, family_of_model, family_of_state_dict
 
 __all__ = [
     "Weights",
@@ -34,6 +37,9 @@ __all__ = [
     "find_or_download_state_dict",
     "load_model_parameters",
     "check_state_dict",
+    "apply_state_dict",
+    "weights_for",
+    "DEFAULT_FOR_FAMILY",
 ]
 
 CACHE_ENV = "FACE_SEGMENTATION_PYTORCH_HOME"
@@ -41,43 +47,75 @@ CACHE_ENV = "FACE_SEGMENTATION_PYTORCH_HOME"
 
 @dataclass(frozen=True)
 class Weights:
-    """One published set of weights.
+    """One published set of weights, with everything the pipeline needs to run them.
 
     Attributes:
         name: Key in :data:`WEIGHTS`.
         url: Where the release archive is published.
-        archive_member: File inside the zip that holds the weights.
-        file_format: ``"caffemodel"`` or ``"state_dict"``.
+        archive_member: File inside the zip that holds the weights (``None``
+            for a OneFlow checkpoint folder, found wherever it sits).
+        file_format: ``"caffemodel"``, ``"state_dict"`` or ``"oneflow"`` (a
+            checkpoint folder, :mod:`face_segmentation_pytorch.formats.oneflow`).
         local_stem: Name (without extension) the weights get in a params
             folder, and the name looked for there.
         sha256: Hex digest of the archive at ``url``, or ``None`` where it has
             not been recorded (then the archive's CRCs and a strict load with
             the expected shapes are what is verified, and the digest of what
             was downloaded is printed so a user can pin it).
-        num_classes: Output channels of the score layers.
-        input_size: Side the network was trained at; images are resized to it.
-        mean_bgr: Mean subtracted from the BGR input.
+        family: ``"fcn8s"`` or ``"linknet34"``: the architecture and how its
+            output becomes a face probability (:data:`.families.FAMILIES`).
+        num_classes: Output channels of the last layer.
+        preprocessing: How images are fed (:class:`.families.Preprocessing`).
         cpp_face_channel: The channel the authors' C++ tool compares with
-            background (used only when asked for with ``face_channel``).
+            background (FCN-8s; used only when asked for with ``face_channel``).
         description: One line for ``--help`` and the README.
     """
 
     name: str
     url: str
-    archive_member: str
+    archive_member: str | None
     file_format: str
     local_stem: str
     sha256: str | None
+    family: str
     num_classes: int
-    input_size: int
-    mean_bgr: tuple[float, float, float]
-    cpp_face_channel: int
+    preprocessing: Preprocessing
+    cpp_face_channel: int | None
     description: str
 
-    def local_candidates(self, folder: Path) -> list[Path]:
-        """Files in ``folder`` that hold these weights, in lookup order."""
-        return [folder / f"{self.local_stem}{ext}" for ext in (".pt", ".safetensors", ".caffemodel")]
+    @property
+    def arch(self) -> Family:
+        """The :class:`.families.Family` object."""
+        return FAMILIES[self.family]
 
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+    @property
+    def mean_bgr(self) -> tuple[float, float, float]:
+        """The mean in BGR order (the FCN-8s entries' own order)."""
+        m = tuple(self.preprocessing.mean)
+        return m if self.preprocessing.channel_order == "BGR" else m[::-1]
+
+    def local_candidates(self, folder: Path) -> list[Path]:
+        """Files (or, for OneFlow, the checkpoint folder) in ``folder`` that hold
+        these weights, in lookup order."""
+        last = f"{self.local_stem}.caffemodel" if self.family == "fcn8s" else self.local_stem
+        return [folder / f"{self.local_stem}{ext}" for ext in (".pt", ".safetensors")] + [folder / last]
+
+
+_CAFFE = Preprocessing(input_size=500, channel_order="BGR", mean=BGR_MEAN, resample="bicubic")
+# ImageNet statistics in 0..255 units, RGB, Pillow's bilinear resize to 256x256:
+# the PyTorch baseline's preprocessing (transforms.Resize on a PIL image).
+_IMAGENET = Preprocessing(
+    input_size=256,
+    channel_order="RGB",
+    mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+    std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
+    resample="pil_bilinear",
+)
+_LINKNET_URL = "https://oneflow-public.oss-cn-beijing.aliyuncs.com/model_zoo/cv/seg/linknet_oneflow_model.zip"
 
 WEIGHTS: dict[str, Weights] = {
     w.name: w
@@ -89,9 +127,9 @@ WEIGHTS: dict[str, Weights] = {
             file_format="caffemodel",
             local_stem="face_seg_fcn8s",
             sha256=None,
+            family="fcn8s",
             num_classes=21,
-            input_size=500,
-            mean_bgr=BGR_MEAN,
+            preprocessing=_CAFFE,
             cpp_face_channel=15,
             description="the authors' 500x500 caffemodel (release 1.0, 21 outputs)",
         ),
@@ -102,9 +140,9 @@ WEIGHTS: dict[str, Weights] = {
             file_format="caffemodel",
             local_stem="face_seg_fcn8s_300",
             sha256=None,
+            family="fcn8s",
             num_classes=2,
-            input_size=300,
-            mean_bgr=BGR_MEAN,
+            preprocessing=replace(_CAFFE, input_size=300),
             cpp_face_channel=1,
             description="the authors' 300x300 caffemodel trained without augmentation (release 1.1, 2 outputs)",
         ),
@@ -115,15 +153,49 @@ WEIGHTS: dict[str, Weights] = {
             file_format="state_dict",
             local_stem="face_seg_fcn8s",
             sha256=None,
+            family="fcn8s",
             num_classes=21,
-            input_size=500,
-            mean_bgr=BGR_MEAN,
+            preprocessing=_CAFFE,
             cpp_face_channel=15,
             description="the earlier PyTorch port's conversion of the 500x500 model (state_dict zip)",
+        ),
+        Weights(
+            name="linknet34_oneflow",
+            url=_LINKNET_URL,
+            archive_member=None,
+            file_format="oneflow",
+            local_stem="linknet_oneflow_model",
+            sha256=None,
+            family="linknet34",
+            num_classes=1,
+            preprocessing=_IMAGENET,
+            cpp_face_channel=None,
+            description="LinkNet34 of the OneFlow face segmentation work (256x256, one logit; "
+            "OneFlow checkpoint zip), fed RGB with ImageNet statistics",
+        ),
+        Weights(
+            name="linknet34_oneflow_demo",
+            url=_LINKNET_URL,
+            archive_member=None,
+            file_format="oneflow",
+            local_stem="linknet_oneflow_model",
+            sha256=None,
+            family="linknet34",
+            num_classes=1,
+            # The OneFlow demo's exact numbers: Caffe's ImageNet mean (not 0.456*255)
+            # on the frame's BGR pixels.
+            preprocessing=replace(
+                _IMAGENET, mean=(123.68, 116.779, 103.939), std=(58.393, 57.12, 57.375), swap_input_channels=True
+            ),
+            cpp_face_channel=None,
+            description="the same LinkNet34 weights fed as the OneFlow demo fed them (BGR frames "
+            "with RGB statistics, a bug of the demo); only to reproduce its output",
         ),
     )
 }
 DEFAULT_WEIGHTS = "fcn8s_500"
+#: The entry each family falls back to where none is named.
+DEFAULT_FOR_FAMILY = {"fcn8s": "fcn8s_500", "linknet34": "linknet34_oneflow"}
 
 
 def get_weights(name: str | Weights) -> Weights:
@@ -152,11 +224,18 @@ def default_params_dir() -> Path:
     return Path(cache) / "face_segmentation_pytorch"
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], source: str) -> dict[str, int]:
-    """Check that ``state_dict`` fits a :class:`FaceSegmentationNet` exactly.
+def check_state_dict(
+    state_dict: Mapping[str, torch.Tensor], source: str, family: Family | str | None = None
+) -> dict[str, int]:
+    """Check that ``state_dict`` fits a network of its family exactly.
+
+    Args:
+        state_dict: The tensors.
+        source: Where they came from (named in errors).
+        family: The family they must be; ``None`` tells it from the names.
 
     Returns:
-        The architecture (``num_classes``, ``channel_divisor``).
+        The architecture (``num_classes``, and ``channel_divisor`` for FCN-8s).
 
     Raises:
         WeightsError: naming ``source`` and the first missing, unexpected or
@@ -166,46 +245,27 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], source: str) -> dic
         isinstance(v, torch.Tensor) for v in state_dict.values()
     ):
         raise WeightsError(f"{source}: does not hold a state_dict (a mapping of names to tensors)")
-    try:
-        arch = architecture_from_state_dict(state_dict)
-    except (KeyError, ValueError, IndexError) as e:
-        raise WeightsError(
-            f"{source}: not weights of the FCN-8s face segmentation net ({e!s} missing or wrong)"
-        ) from None
-    expected = _expected_state_shapes(**arch)
-    for key, shape in expected.items():
-        if key not in state_dict:
-            raise WeightsError(f"{source}: tensor {key!r} is missing (expected shape {shape})")
-        got = tuple(state_dict[key].shape)
-        if got != shape:
-            raise WeightsError(
-                f"{source}: tensor {key!r} has shape {got}, expected {shape} "
-                f"for a {arch['num_classes']}-class net"
-            )
-    extra = [k for k in state_dict if k not in expected]
-    if extra:
-        raise WeightsError(f"{source}: unexpected tensors {', '.join(extra[:5])}")
-    return arch
+    if family is None:
+        fam = family_of_state_dict(state_dict, source)
+    else:
+        fam = FAMILIES[family] if isinstance(family, str) else family
+    return fam.check_state_dict(state_dict, source)
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load and check weights from a ``.pt``, ``.safetensors`` or ``.caffemodel`` file.
-
-    ``.pt`` files are loaded with ``weights_only=True``.
-
-    Raises:
-        WeightsError: The file cannot be read or does not fit the network.
-    """
-    path = Path(path)
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".zip":
+        from ..formats.oneflow import load_oneflow_checkpoint
+
+        return load_oneflow_checkpoint(path)  # raises a WeightsError of its own
     if suffix == ".caffemodel":
         from ..formats.caffe import load_caffemodel_as_statedict
 
         try:
-            state = load_caffemodel_as_statedict(path)
+            return load_caffemodel_as_statedict(path)
         except CaffeModelError as e:
             raise WeightsError(str(e)) from None
-    elif suffix == ".safetensors":
+    if suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
@@ -214,23 +274,40 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "pip install safetensors, or use the .pt file"
             ) from None
         try:
-            state = load_file(str(path))
+            return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise WeightsError(f"{path}: no such file") from None
-        except Exception as e:  # unpickling errors have many types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WeightsError(
-                f"{path}: not a state_dict saved with torch.save ({first[:200]}); "
-                "convert a caffemodel with python -m face_segmentation_pytorch.convert"
-            ) from None
-        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-            state = state["state_dict"]
-    check_state_dict(state, str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except Exception as e:  # unpickling errors have many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"{path}: not a state_dict saved with torch.save ({first[:200]}); "
+            "convert a caffemodel or OneFlow checkpoint with python -m face_segmentation_pytorch.convert"
+        ) from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    return state
+
+
+def load_state_dict_file(path: str | os.PathLike, family: Family | str | None = None) -> dict[str, torch.Tensor]:
+    """Load and check weights from a ``.pt``, ``.safetensors`` or ``.caffemodel``
+    file, or a OneFlow checkpoint (a folder or its ``.zip``).
+
+    ``.pt`` files are loaded with ``weights_only=True``.
+
+    Args:
+        path: The file or folder.
+        family: The family the weights must be of; ``None`` tells it from the names.
+
+    Raises:
+        WeightsError: The file cannot be read or does not fit the network.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    check_state_dict(state, str(path), family)
     return dict(state)
 
 
@@ -239,6 +316,17 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 #: release) where the entry publishes a caffemodel; the strict shape check
 #: decides whether it fits.
 ARCHIVE_WEIGHT_SUFFIXES = (".caffemodel", ".pt", ".pth", ".safetensors")
+
+
+def _holds_one_weights_file(archive: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [i.filename for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError):
+        return True  # let extract_zip_member say what is wrong with it
+    return sum(n.lower().endswith(ARCHIVE_WEIGHT_SUFFIXES) for n in names) == 1
 
 
 def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progress: bool):
@@ -266,9 +354,20 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
     print(f"face_segmentation_pytorch: downloading {weights.name} from {url} to {folder}", file=sys.stderr)
     try:
         digest = download_url_to_file(url, archive, sha256=sha256, progress=progress, label=label)
-        extract_zip_member(archive, stage, member=weights.archive_member, suffix=ARCHIVE_WEIGHT_SUFFIXES)
+        if weights.file_format == "oneflow" and not _holds_one_weights_file(archive):
+            # A OneFlow checkpoint tree: read it from the zip and install it
+            # converted, as <stem>.pt (found first on the next run).
+            from ..formats.oneflow import load_oneflow_checkpoint
+
+            state = load_oneflow_checkpoint(archive)
+            weights.arch.check_state_dict(state, url)
+            staged.append(folder / f".{weights.local_stem}.unverified.pt")
+            members.append(archive.name)
+            save_atomic(staged[0], lambda f: torch.save(dict(state), f))
+        else:
+            extract_zip_member(archive, stage, member=weights.archive_member, suffix=ARCHIVE_WEIGHT_SUFFIXES)
         try:
-            state = load_state_dict_file(staged[0])
+            state = load_state_dict_file(staged[0], weights.family)
         except WeightsError as e:
             # Name what the user gave (the URL and the entry), not our hidden staging file.
             reason = str(e).split(": ", 1)[-1]
@@ -276,15 +375,18 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
                 f"{url}: {members[0]} in the archive does not load ({reason}); "
                 "check WEIGHTS_URL and WEIGHTS"
             ) from None
-        arch = architecture_from_state_dict(state)
+        arch = check_state_dict(state, url, weights.family)
         # Any archive must match the entry's class count (its input size and
         # face channel depend on it); the published one must be full width too.
-        full = {"num_classes": weights.num_classes, "channel_divisor": 1}
-        if arch["num_classes"] != weights.num_classes or (url == weights.url and arch != full):
-            others = [w.name for w in WEIGHTS.values() if w.num_classes == arch["num_classes"]]
+        full = arch.get("channel_divisor", 1) == 1
+        if arch["num_classes"] != weights.num_classes or (url == weights.url and not full):
+            others = [
+                w.name for w in WEIGHTS.values()
+                if w.family == weights.family and w.num_classes == arch["num_classes"]
+            ]
             raise WeightsError(
                 f"{url}: holds a {arch['num_classes']}-class net with channel divisor "
-                f"{arch['channel_divisor']}, expected the {weights.num_classes}-class "
+                f"{arch.get('channel_divisor', 1)}, expected the {weights.num_classes}-class "
                 f"{weights.name}; pick the matching WEIGHTS entry"
                 + (f" ({', '.join(others)})" if others else "")
             )
@@ -317,7 +419,8 @@ def find_or_download_state_dict(
     """Return a checked state_dict from ``params_dir``, downloading it if needed.
 
     Looks for ``<stem>.pt``, ``<stem>.safetensors`` and ``<stem>.caffemodel``
-    in that order (``<stem>`` is ``face_seg_fcn8s`` for the default weights).
+    (FCN-8s) or the OneFlow checkpoint folder ``<stem>/`` (LinkNet34) in that
+    order (``<stem>`` is ``face_seg_fcn8s`` for the default weights).
     When none exists, the archive at ``url`` (default: the entry's) is
     downloaded, checked against ``sha256`` (default: the entry's, if known),
     extracted, verified by a strict shape check and installed in the folder.
@@ -334,8 +437,8 @@ def find_or_download_state_dict(
     if folder.exists() and not folder.is_dir():
         raise WeightsSettingError(f"{folder}: is a file; MODEL_PARAMS_DIR must be a folder")
     for candidate in entry.local_candidates(folder):
-        if candidate.is_file():
-            return load_state_dict_file(candidate), candidate
+        if candidate.is_file() or (entry.file_format == "oneflow" and candidate.is_dir()):
+            return load_state_dict_file(candidate, entry.family), candidate
     return _fetch(
         entry,
         folder,
@@ -346,23 +449,67 @@ def find_or_download_state_dict(
 
 
 def weights_for(state_dict: Mapping[str, torch.Tensor], requested: str | Weights) -> Weights:
-    """The entry that describes ``state_dict``: the requested one if its class
-    count fits, else the published entry with that many classes."""
+    """The entry that describes ``state_dict``: the requested one if its family
+    and class count fit, else the published entry of that family with that
+    many classes."""
     entry = get_weights(requested)
-    n = architecture_from_state_dict(state_dict)["num_classes"]
-    if entry.num_classes == n:
+    fam = family_of_state_dict(state_dict, "weights")
+    n = fam.check_state_dict(state_dict, "weights")["num_classes"]
+    if entry.family == fam.name and entry.num_classes == n:
         return entry
     for other in WEIGHTS.values():
-        if other.num_classes == n:
+        if other.family == fam.name and other.num_classes == n:
             return other
     return entry
 
 
+def apply_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike, requested: str | Weights
+) -> Weights:
+    """Load a checked ``state`` into ``model`` strictly and return the entry
+    that describes it (what :func:`load_model_parameters` does after finding
+    the weights).
+
+    An FCN-8s model's class count follows the weights (the 300x300 release
+    has 2), and its ``input_size`` and ``mean_bgr`` are set from the entry.
+
+    Raises:
+        WeightsError: The weights are of another family or width than ``model``.
+    """
+    fam = family_of_model(model)
+    got = family_of_state_dict(state, str(source))
+    if got is not fam:
+        raise WeightsError(
+            f"{source}: {got.name} weights, but the model is a {fam.name}; build the model "
+            "that fits the weights (or use FaceSegmenter, which does)"
+        )
+    arch = fam.check_state_dict(state, str(source))
+    if "channel_divisor" in arch:
+        if arch["channel_divisor"] != model.channel_divisor:
+            raise WeightsError(
+                f"{source}: weights for channel divisor {arch['channel_divisor']}, but the model has "
+                f"{model.channel_divisor}; build it with FaceSegmentationNet.from_state_dict"
+            )
+        if arch["num_classes"] != model.num_classes:
+            model.set_num_classes(arch["num_classes"])
+    elif arch["num_classes"] != model.num_classes:
+        raise WeightsError(
+            f"{source}: weights for {arch['num_classes']} classes, but the model has "
+            f"{model.num_classes}; build it with {type(model).__name__}.from_state_dict"
+        )
+    model.load_state_dict(state, strict=True)
+    entry = weights_for(state, requested)
+    if fam.name == FCN8S.name:
+        model.input_size = entry.input_size
+        model.mean_bgr = tuple(entry.mean_bgr)
+    return entry
+
+
 def load_model_parameters(
-    model: FaceSegmentationNet,
+    model: nn.Module,
     params_dir: str | os.PathLike | None = None,
     *,
-    weights: str | Weights = DEFAULT_WEIGHTS,
+    weights: str | Weights | None = None,
     url: str | None = None,
     sha256: str | None = None,
     progress: bool = True,
@@ -370,39 +517,30 @@ def load_model_parameters(
     """Load pretrained weights into ``model``, finding or downloading them.
 
     The model's number of classes follows the weights (the 300x300 release
-    has 2), and its ``input_size`` and ``mean_bgr`` are set from the weights
-    entry so :meth:`FaceSegmentationNet.img_to_input` prepares images as the
-    weights expect.
+    has 2), and an FCN-8s model's ``input_size`` and ``mean_bgr`` are set
+    from the weights entry so :meth:`FaceSegmentationNet.img_to_input`
+    prepares images as the weights expect.
 
     Args:
-        model: The network to fill.
+        model: The network to fill (a ``FaceSegmentationNet`` or a ``LinkNet34``).
         params_dir: Folder with (or for) the weights; ``None`` uses
             :func:`default_params_dir`.
-        weights: Name of a :data:`WEIGHTS` entry.
+        weights: Name of a :data:`WEIGHTS` entry; ``None``: the default entry
+            of the model's family (``fcn8s_500``, ``linknet34_oneflow``).
         url: Download from here instead of the entry's URL.
         sha256: Expected sha256 of the downloaded archive.
-        progress: Show a download progress bar on stderr.
+        progress: Show download progress on stderr.
 
     Returns:
         The :class:`Weights` entry that describes what was loaded.
 
     Raises:
         WeightsError: See :func:`find_or_download_state_dict`; also when the
-            weights are for a network of another width than ``model``.
+            weights are for a network of another family or width than ``model``.
     """
+    if weights is None:
+        weights = DEFAULT_FOR_FAMILY[family_of_model(model).name]
     state, path = find_or_download_state_dict(
         params_dir, weights=weights, url=url, sha256=sha256, progress=progress
     )
-    arch = architecture_from_state_dict(state)
-    if arch["channel_divisor"] != model.channel_divisor:
-        raise WeightsError(
-            f"{path}: weights for channel divisor {arch['channel_divisor']}, but the model has "
-            f"{model.channel_divisor}; build it with FaceSegmentationNet.from_state_dict"
-        )
-    if arch["num_classes"] != model.num_classes:
-        model.set_num_classes(arch["num_classes"])
-    model.load_state_dict(state, strict=True)
-    entry = weights_for(state, weights)
-    model.input_size = entry.input_size
-    model.mean_bgr = tuple(entry.mean_bgr)
-    return entry
+    return apply_state_dict(model, state, path, weights)
