@@ -55,6 +55,12 @@ KEYS: dict[str, Key] = {
     ),
     "DEVICE": Key(None, "cpu, cuda or cuda:N; null: cuda when available, else cpu"),
     "BATCH_SIZE": Key(1, "images per forward pass"),
+    "PRECISION": Key(
+        "fp32",
+        "fp32 (exact: Caffe's numbers on every device; TF32 off on CUDA), tf32 (CUDA), fp16 (CUDA), "
+        "bf16 (CUDA, or CPUs with native bfloat16)",
+    ),
+    "COMPILE": Key(False, "run the network through torch.compile (says how long it took; falls back when unavailable)"),
     "MASK_THRESHOLD": Key(
         None, "null: write heatmaps; a number in (0, 1): write 0/255 masks (__mask.png)"
     ),
@@ -137,7 +143,7 @@ KEYS: dict[str, Key] = {
 
 _STRING_KEYS = (
     "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL", "WEIGHTS_FILE",
-    "WEIGHTS_SHA256", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES", "BACKEND",
+    "WEIGHTS_SHA256", "PRECISION", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES", "BACKEND",
 )
 
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
@@ -220,7 +226,8 @@ def parse_args(argv: list[str]) -> dict:
     need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
     ms = cfg["MIN_FACE_SCORE"]
     need(isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms <= 1, "MIN_FACE_SCORE", "expected a number in [0, 1]")
-    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT", "PER_FACE"):
+    need(cfg["PRECISION"] in ("fp32", "tf32", "fp16", "bf16"), "PRECISION", "expected fp32, tf32, fp16 or bf16")
+    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT", "PER_FACE", "COMPILE"):
         need(isinstance(cfg[name], bool), name, "expected true or false")
     mp = cfg["MAX_IMAGE_PIXELS"]
     need(mp is None or (_is_int(mp) and mp > 0), "MAX_IMAGE_PIXELS", "expected a positive integer")
@@ -505,6 +512,8 @@ def _run(cfg: dict, created: list[Path]) -> int:
             min_face_score=cfg["MIN_FACE_SCORE"],
             dilate=cfg["DILATE"],
             feather=cfg["FEATHER"],
+            precision=cfg["PRECISION"],
+            compile=cfg["COMPILE"],
             backend=cfg["BACKEND"],
             url=cfg["WEIGHTS_URL"],
             sha256=cfg["WEIGHTS_SHA256"],
@@ -513,12 +522,15 @@ def _run(cfg: dict, created: list[Path]) -> int:
     except ValueError as e:
         if fc is not None and "face_channel" in str(e):
             raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
+        if "precision" in str(e):
+            raise ConfigError(f"PRECISION={cfg['PRECISION']}: {e}") from None
         raise ConfigError(str(e)) from None
     print(
         f"face_segmentation_pytorch: {_plural(len(images), 'image')} from {cfg['IMGS_DIR']}"
         + (f", {skipped} already done (OVERWRITE=true redoes them)" if skipped else "")
         + f"; weights {segmenter.weights_source}, device {device}"
         + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
+        + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
         + f", input size {segmenter.input_size or 'native'}",
         file=sys.stderr,
     )

@@ -108,6 +108,14 @@ class Family:
         """Run ``model`` on a prepared batch and return face probabilities."""
         return self.logits_to_pmap(model(batch), face_channel)
 
+    def compile_mode(self, device: torch.device) -> str | None:
+        """``torch.compile`` mode for this family on ``device`` (``None``: default)."""
+        return None
+
+    def prepare_for_device(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """Choose the inference path for ``device`` (the model is already there)."""
+        return model
+
     def to_channels_last(self, model: nn.Module) -> nn.Module:
         """The model in channels-last layout (measured fastest on CPU)."""
         return model.to(memory_format=torch.channels_last)
@@ -157,6 +165,19 @@ class _FCN8s(Family):
 
     def to_channels_last(self, model):
         return model.channels_last_()  # leaves fc6 contiguous for its matrix product
+
+    def compile_mode(self, device):
+        # Measured on an H100 (README "GPU"): fp16 batch 32 at 0.89 ms/image with
+        # max-autotune-no-cudagraphs, against 1.39 ms uncompiled.
+        return "max-autotune-no-cudagraphs" if device.type == "cuda" else None
+
+    def prepare_for_device(self, model, device):
+        # The banded / Winograd / matrix-product fast path was built for CPUs
+        # (benchmarks/bench.py: 2.8x OpenCV). On an H100 it loses to plain
+        # cuDNN modules: 8.8 against 4.0 ms at batch 1, and 63.8 against 8.6 ms
+        # per image at batch 32 with TF32 off (README "GPU"). So: dense on CUDA.
+        model.fast_inference = device.type == "cpu"
+        return model
 
     def preprocessing_of(self, model):
         return Preprocessing(input_size=model.input_size, channel_order="BGR", mean=tuple(model.mean_bgr))

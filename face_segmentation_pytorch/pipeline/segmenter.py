@@ -25,6 +25,7 @@ from .imageio import as_rgb_image, load_image
 from .inference import run_inputs
 from .preprocess import prepare_input
 from .postprocess import apply_steps, check_px, parse_steps
+from .precision import check_precision, precision_dtype, precision_scope
 from .postprocess import dilate as grow_mask
 from .postprocess import feather as feather_mask
 from .families import family_of_model
@@ -158,8 +159,8 @@ class FaceSegmenter:
             ``[crop]`` extra), segments each face's crop box and pastes the
             results back at full size; a :class:`FaceDetector` to use instead.
         min_face_score: Detector confidence cut-off for ``crop="faces"``.
-        channels_last: Run in channels-last memory layout; ``None``: on CPU,
-            where it is measured fastest.
+        channels_last: Run in channels-last memory layout; ``None``: yes,
+            where it is measured fastest (CPU and CUDA).
         backend: ``"torch"``, or ``"onnxruntime"`` (CPU; the ``[onnx]``
             extra): the network is exported once to ``<weights file>.onnx``
             beside the weights and run by ONNX Runtime.
@@ -169,6 +170,12 @@ class FaceSegmenter:
             cropping, each face's mask on its own, so it may pass its box).
         feather: Soften the final mask's edge over this many pixels into
             :attr:`Segmentation.alpha` (0.5 on the edge).
+        precision: ``"fp32"`` (default: exact, TF32 off on CUDA in a scoped
+            setting), ``"tf32"`` (CUDA), ``"fp16"`` (CUDA), ``"bf16"`` (CUDA, or
+            CPUs with native bfloat16); see :mod:`.precision`.
+        compile: Run the network through ``torch.compile`` (mode per family
+            and device); short batches are padded so one shape compiles once;
+            where compilation fails, one line says so and the network runs as is.
         progress: Show download progress and say when a one-off ONNX export runs.
     """
 
@@ -192,6 +199,8 @@ class FaceSegmenter:
         sha256: str | None = None,
         dilate: int = 0,
         feather: int = 0,
+        precision: str = "fp32",
+        compile: bool = False,
         progress: bool = True,
     ) -> None:
         if threshold is not None and not 0.0 < threshold < 1.0:
@@ -210,6 +219,10 @@ class FaceSegmenter:
             raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         if backend == "onnxruntime" and self.device.type != "cpu":
             raise ValueError("backend 'onnxruntime' runs on the CPU here: use device='cpu'")
+        check_precision(precision, self.device)
+        if backend == "onnxruntime" and precision != "fp32":
+            raise ValueError(f"precision {precision} applies to the torch backend; ONNX Runtime runs fp32")
+        self.precision = precision
         # prepare() may run in several threads; OpenCV DNN nets are not to be
         # shared between threads, so each thread builds its own detector.
         self._local = threading.local()
@@ -267,15 +280,68 @@ class FaceSegmenter:
             self._forward = self._onnxruntime_forward(net.eval())
             self.model = net.eval()  # kept for its attributes; ONNX Runtime runs the graph
             return
-        self.model = net.to(self.device).eval()
-        if channels_last if channels_last is not None else self.device.type == "cpu":
-            # The fastest exact layout on CPU (benchmarks/bench.py); the
-            # oracle tests check it against Caffe too.
+        self.dtype = precision_dtype(precision)
+        self.model = self.family.prepare_for_device(net.to(self.device, self.dtype).eval(), self.device)
+        if channels_last is None or channels_last:
+            # The fastest layout measured on both devices: on the CPU for the
+            # exact fp32 path (benchmarks/bench.py), on CUDA with cuDNN for
+            # every precision (README "GPU"); the oracle tests check it.
             self.model = self.family.to_channels_last(self.model)
         self._forward = self._torch_forward
+        self._compiled = None
+        if compile:
+            self._compile()
 
     def _torch_forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.family.forward_pmap(self.model, batch.to(self.device), self.face_channel)
+        model = self._compiled if self._compiled is not None else self.model
+        n = batch.shape[0]
+        if self._compiled is not None and n < self._compile_batch:
+            # One shape compiles once: pad a short (last) batch to the first batch's size.
+            batch = torch.cat([batch, batch.new_zeros((self._compile_batch - n, *batch.shape[1:]))])
+        elif self._compiled is not None:
+            self._compile_batch = n
+        x = batch.to(self.device, self.dtype, non_blocking=True)
+        with precision_scope(self.precision, self.device):
+            try:
+                out = self.family.forward_pmap(model, x, self.face_channel)
+            except Exception as e:  # noqa: BLE001 - compilers fail in many ways, all at the first call
+                if model is self.model or self._compile_checked:
+                    raise
+                self._compiled = None
+                print(
+                    f"face_segmentation_pytorch: compilation is not available here ({_first_line(e)}); "
+                    "running uncompiled",
+                    file=sys.stderr,
+                )
+                return self._torch_forward(batch[:n])
+        if model is not self.model and not self._compile_checked:
+            self._compile_checked = True
+            print(
+                f"face_segmentation_pytorch: compiled ({self.family.compile_mode(self.device) or 'default'} mode) "
+                f"in {time.perf_counter() - self._compile_start:.1f} s",
+                file=sys.stderr,
+            )
+        return out[:n].float()
+
+    def _compile(self) -> None:
+        """Wrap the model in ``torch.compile``; compilation itself happens at the first batch."""
+        mode = self.family.compile_mode(self.device)
+        print(
+            f"face_segmentation_pytorch: compiling the network for {self.device} "
+            f"({mode or 'default'} mode); the first batch waits for it",
+            file=sys.stderr,
+        )
+        self._compile_start = time.perf_counter()
+        self._compile_checked = False
+        self._compile_batch = 0
+        try:
+            self._compiled = torch.compile(self.model, mode=mode, dynamic=False)
+        except Exception as e:  # noqa: BLE001 - e.g. torch.compile unsupported on this Python
+            print(
+                f"face_segmentation_pytorch: compilation is not available here ({_first_line(e)}); "
+                "running uncompiled",
+                file=sys.stderr,
+            )
 
     def segment(self, images, boxes=None):
         """Segment one image or a list of them.
@@ -459,6 +525,11 @@ class FaceSegmenter:
         paths = list(paths) if paths is not None else [None] * len(images)
         boxes = list(boxes) if boxes is not None else [None] * len(images)
         return self.run([self.prepare(img, p, b) for img, p, b in zip(images, paths, boxes)])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def _pair(size) -> tuple[int, int]:
