@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,13 +39,45 @@ def run_inputs(
         groups.setdefault(tuple(x.shape), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(inputs)
     for idx in groups.values():
-        pmaps = forward(torch.stack([inputs[i] for i in idx])).float()
+        pmaps = _forward_splitting(forward, torch.stack([inputs[i] for i in idx]))
+        # Maps bound for the same size (and crop) are resized as one batch on
+        # the forward's device and copied to the host once, not one by one.
+        same: dict[tuple, list[int]] = {}
         for j, i in enumerate(idx):
-            pmap = pmaps[j]
-            if valid is not None and valid[i] is not None:
-                pmap = pmap[: valid[i][0], : valid[i][1]]
-            out[i] = resize_pmap(pmap, sizes[i]).cpu()
+            crop = valid[i] if valid is not None else None
+            same.setdefault((tuple(sizes[i]), crop), []).append(j)
+        for (size, crop), js in same.items():
+            maps = pmaps[js]
+            if crop is not None:
+                maps = maps[:, : crop[0], : crop[1]]
+            resized = resize_pmap(maps, size).cpu()
+            for k, j in enumerate(js):
+                out[idx[j]] = resized[k]
     return out  # type: ignore[return-value]
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom)
+
+
+def _forward_splitting(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    """``forward(batch).float()``; a batch that does not fit in GPU memory is split
+    in halves and retried (one line says so), down to single images."""
+    try:
+        return forward(batch).float()
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+        if not _is_out_of_memory(e) or batch.shape[0] == 1:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = batch.shape[0] // 2
+    print(
+        f"face_segmentation_pytorch: a batch of {batch.shape[0]} did not fit in GPU memory; "
+        f"running it as {half} + {batch.shape[0] - half}",
+        file=sys.stderr,
+    )
+    return torch.cat([_forward_splitting(forward, batch[:half]), _forward_splitting(forward, batch[half:])])
 
 
 def predict_pmaps(
