@@ -43,6 +43,9 @@ setup(
         # dynamic_shapes), documented from torch 2.6 on.
         "onnx": ["torch>=2.6", "onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.16"],
         "plot": ["matplotlib>=3.5"],
+        # ENGINE=ray (pipeline/ray_engine.py): Ray Data's map_batches with an actor pool;
+        # 2.9 has ActorPoolStrategy(size=...) and the numpy batch format used there.
+        "ray": ["ray[data]>=2.9"],
         "test": [
             "pytest>=7",
             "protobuf>=4.21",
@@ -56,6 +59,7 @@ setup(
             "onnx>=1.15",
             "onnxscript>=0.1",
             "onnxruntime>=1.16",
+            "ray[data]>=2.9",
         ],
     },
     entry_points={

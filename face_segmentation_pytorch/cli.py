@@ -139,11 +139,29 @@ KEYS: dict[str, Key] = {
         True,
         "show progress on stderr: bars on a terminal, a few plain lines when stderr is a file or a pipe",
     ),
+    # ENGINE=ray: the same job run by Ray Data actors (pipeline/ray_engine.py).
+    "ENGINE": Key(
+        "local",
+        "local: this process; ray: a pool of Ray Data actors, each loading the weights once (pip install "
+        "'face_segmentation_pytorch[ray]'); inputs and outputs on paths every node sees",
+    ),
+    "RAY_ADDRESS": Key(
+        None,
+        "ENGINE=ray: the running Ray cluster to use (host:port, ray://host:port or auto); null: "
+        "$RAY_ADDRESS if set, else a local Ray started for this run",
+    ),
+    "RAY_NUM_ACTORS": Key(
+        None,
+        "ENGINE=ray: actors, each with its own copy of the network; null: one per GPU slot with "
+        "RAY_GPUS_PER_ACTOR, else one per node",
+    ),
+    "RAY_GPUS_PER_ACTOR": Key(0, "ENGINE=ray: GPUs each actor asks for (0: CPU actors; 0.5: two share a GPU)"),
 }
 
 _STRING_KEYS = (
     "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL", "WEIGHTS_FILE",
     "WEIGHTS_SHA256", "PRECISION", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES", "BACKEND",
+    "ENGINE", "RAY_ADDRESS",
 )
 
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
@@ -231,6 +249,16 @@ def parse_args(argv: list[str]) -> dict:
         need(isinstance(cfg[name], bool), name, "expected true or false")
     mp = cfg["MAX_IMAGE_PIXELS"]
     need(mp is None or (_is_int(mp) and mp > 0), "MAX_IMAGE_PIXELS", "expected a positive integer")
+    need(cfg["ENGINE"] in ("local", "ray"), "ENGINE", "expected local or ray")
+    na, gpa = cfg["RAY_NUM_ACTORS"], cfg["RAY_GPUS_PER_ACTOR"]
+    need(na is None or (_is_int(na) and na >= 1), "RAY_NUM_ACTORS", "expected null or an integer >= 1")
+    need(
+        isinstance(gpa, (int, float)) and not isinstance(gpa, bool) and gpa >= 0,
+        "RAY_GPUS_PER_ACTOR",
+        "expected a number >= 0 (0.5: two actors share a GPU)",
+    )
+    for name in ("RAY_ADDRESS", "RAY_NUM_ACTORS", "RAY_GPUS_PER_ACTOR"):
+        need(cfg[name] == KEYS[name].default or cfg["ENGINE"] == "ray", name, "applies to ENGINE=ray only")
     need(cfg["HEATMAP_FORMAT"] in ("png8", "png16", "npy"), "HEATMAP_FORMAT", "expected png8, png16 or npy")
     if cfg["POSTPROCESS"] is not None:
         from .pipeline.postprocess import parse_steps
@@ -444,6 +472,10 @@ def run(cfg: dict) -> int:
 
     created: list[Path] = []
     try:
+        if cfg.get("ENGINE") == "ray":
+            from .pipeline.ray_engine import run_ray
+
+            return run_ray(cfg, created)
         return _run(cfg, created)
     finally:
         remove_empty_dirs(created)
