@@ -49,6 +49,7 @@ from .pipeline.postprocess import dilate, feather, fill_holes, full_postprocess,
 from .pipeline.preprocess import image_to_input, resize_pmap
 from .pipeline.render import cutout, gallery, overlay
 from .pipeline.segmenter import FaceSegmenter, Segmentation
+from .pipeline.video import segment_video
 from .pipeline.weights import (
     DEFAULT_WEIGHTS,
     WEIGHTS,
@@ -77,6 +78,7 @@ __all__ = [
     "Preprocessing",
     "load_oneflow_checkpoint",
     "Segmentation",
+    "segment_video",
     "cutout",
     "dilate",
     "feather",

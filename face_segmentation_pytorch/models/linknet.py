@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
+import weakref
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .resnet import RESNET34_LAYERS, RESNET34_WIDTHS, make_stage
@@ -40,6 +44,8 @@ __all__ = [
     "check_input_size",
     "expected_state_shapes",
     "fold_batchnorm",
+    "fast_inference_model",
+    "fast_path_applies",
 ]
 
 #: ImageNet statistics the baseline normalises RGB images in ``[0, 1]`` with.
@@ -129,6 +135,13 @@ class LinkNet34(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes = int(num_classes)
+        #: With autograd off, in eval mode, on the CPU in float32: run the
+        #: exact fused fast path (:func:`fast_inference_model`): BatchNorm
+        #: folded, ReLU and residual additions fused into oneDNN convolutions
+        #: with pre-packed weights, and the full-resolution head computed in
+        #: its space-to-depth form. Off by default: it keeps a packed copy of
+        #: the weights, which pays only for repeated inference.
+        self.fast_inference = False
         self.firstconv = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.firstbn = nn.BatchNorm2d(64)
         self.firstrelu = nn.ReLU(inplace=True)
@@ -163,6 +176,8 @@ class LinkNet34(nn.Module):
                 "add a batch axis with x.unsqueeze(0) or convert the image to RGB"
             )
         check_input_size(int(x.shape[2]), int(x.shape[3]))
+        if getattr(self, "fast_inference", False) and fast_path_applies(self, x):
+            return _fast_forward(self, x)
         if self._channels_last():
             # Weights in channels-last (model.to(memory_format=torch.channels_last)):
             # give oneDNN / cuDNN the matching input layout.
@@ -233,9 +248,39 @@ def _conv_bn_pairs(model: LinkNet34):
             yield dec, conv, bn
 
 
+def _fold_pair(conv: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``bn(conv(x))`` as one convolution (float64 arithmetic).
+
+    ``bn`` may be ``None`` or ``nn.Identity`` (already folded): then the
+    convolution's own weight and bias (zeros without one) come back. The
+    results have the convolution weight's dtype and device and are new
+    tensors, never views of the parameters.
+    """
+    w = conv.weight.detach()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[1 if _transposed(conv) else 0], dtype=torch.float64, device=w.device)
+    if bn is None or isinstance(bn, nn.Identity):
+        return w.clone(), bias.to(w.dtype)
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    if _transposed(conv):
+        # (in, out / groups, kH, kW): output channels are dim 1 (groups == 1 here).
+        wf = w.double() * scale.view(1, -1, 1, 1)
+    else:
+        wf = w.double() * scale.view(-1, 1, 1, 1)
+    new_bias = (bias - bn.running_mean.detach().double()) * scale + bn.bias.detach().double()
+    return wf.to(w.dtype), new_bias.to(w.dtype)
+
+
+def _transposed(conv: nn.Module) -> bool:
+    return isinstance(conv, nn.ConvTranspose2d)
+
+
+def _child(parent: nn.Module, name: str) -> nn.Module:
+    return parent[int(name)] if name.isdigit() else getattr(parent, name)
+
+
 @torch.no_grad()
-def fold_batchnorm(model: LinkNet34) -> LinkNet34:
-    """Return an inference copy with every BatchNorm folded into its convolution.
+def fold_batchnorm(model: LinkNet34, *, inplace: bool = False) -> LinkNet34:
+    """Return an inference model with every BatchNorm folded into its convolution.
 
     Each ``BatchNorm(conv(x))`` with running statistics becomes one
     convolution with weight ``w * s`` and bias ``(b - mean) * s + beta``,
@@ -246,28 +291,320 @@ def fold_batchnorm(model: LinkNet34) -> LinkNet34:
     keep the original for saving and training.
 
     Args:
-        model: A :class:`LinkNet34` (left unchanged).
+        model: A :class:`LinkNet34`.
+        inplace: Fold ``model`` itself (for a model only ever used for
+            inference, such as the one :class:`~face_segmentation_pytorch.FaceSegmenter`
+            builds from a weights file) instead of a deep copy.
 
     Returns:
-        A folded copy in eval mode.
+        The folded model (a copy unless ``inplace``) in eval mode.
     """
-    folded = copy.deepcopy(model).eval()
+    folded = (model if inplace else copy.deepcopy(model)).eval()
     for parent, conv_name, bn_name in _conv_bn_pairs(folded):
-        conv = getattr(parent, conv_name) if not conv_name.isdigit() else parent[int(conv_name)]
-        bn = getattr(parent, bn_name) if not bn_name.isdigit() else parent[int(bn_name)]
-        w = conv.weight.double()
-        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        if isinstance(conv, nn.ConvTranspose2d):
-            # (in, out / groups, kH, kW): output channels are dim 1 (groups == 1 here).
-            w = w * scale.view(1, -1, 1, 1)
-        else:
-            w = w * scale.view(-1, 1, 1, 1)
-        new_bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
-        conv.weight.copy_(w.to(conv.weight.dtype))
-        conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=False)
+        conv, bn = _child(parent, conv_name), _child(parent, bn_name)
+        if isinstance(bn, nn.Identity):
+            continue  # folded before
+        w, b = _fold_pair(conv, bn)
+        # New tensors, not copies into the old ones: a model built on a
+        # state_dict's tensors (from_state_dict) leaves that dict unchanged.
+        conv.weight = nn.Parameter(w, requires_grad=conv.weight.requires_grad)
+        conv.bias = nn.Parameter(b, requires_grad=False)
         if bn_name.isdigit():
             parent[int(bn_name)] = nn.Identity()
         else:
             setattr(parent, bn_name, nn.Identity())
     return folded
+
+
+# --------------------------------------------------------------------------
+# The exact fused CPU inference path.
+#
+# Why (benchmarks/video.py, 2 cores): LinkNet34 at 256x256 spends its time in
+# many small layers. Run module by module it makes ~150 passes over feature
+# maps (BatchNorm, ReLU, additions, each a separate parallel region), oneDNN
+# reorders every weight on every call, PyTorch's transposed convolutions take a
+# slow generic path, and the full-resolution head (finaldeconv1 -> 257x257,
+# finalconv2, a 1-channel finalconv3) costs as much as a third of the encoder.
+# Here, with the same arithmetic up to float rounding:
+#
+# * BatchNorm is folded into each convolution (in float64, then float32);
+# * each convolution runs as one oneDNN primitive with its ReLU fused, and the
+#   residual addition plus ReLU fused into every block's second convolution;
+# * weights are reordered once into oneDNN's blocked layout and kept;
+# * the decoders' 4x4 stride-2 transposed convolutions run as oneDNN
+#   deconvolutions with the ReLU fused;
+# * the head runs in space-to-depth form: a stride-2 transposed convolution
+#   is four ordinary convolutions, one per output phase (even/odd row and
+#   column), so finaldeconv1, finalconv2 and finalconv3 become three 2x2
+#   convolutions over a 129x129 map of 4 x 32 channels (zero taps where a
+#   phase has no input), and a final pixel shuffle interleaves the four phases
+#   of the logit map. More multiply-adds (3.3 instead of 1.8 GFLOP) but no
+#   full-resolution copies and 128-channel convolutions oneDNN runs near peak.
+#
+# The package's Winograd kernels (kernels.py) were measured on these layers and
+# do not pay: the encoder's maps are 64x64 to 8x8, too few tiles for the
+# transforms' cost (benchmarks/video.py --layers).
+
+
+def fast_inference_model(model: LinkNet34) -> LinkNet34:
+    """A LinkNet34 that runs the exact fused CPU fast path, leaving ``model`` alone.
+
+    The returned model has BatchNorm folded (:func:`fold_batchnorm`), weights
+    in channels-last layout and ``fast_inference`` on: with autograd off,
+    in eval mode, in float32 on the CPU its forward takes the fused path; in
+    every other case (training, autograd, autocast, another dtype or device,
+    forward hooks) it runs module by module, folded.
+
+    Args:
+        model: A :class:`LinkNet34` with weights loaded (any BatchNorm state).
+
+    Returns:
+        A folded copy; ``model`` itself is never changed. A model that has no
+        BatchNorm left (already folded) is copied too, so that switching the
+        path on never changes an object the caller holds.
+    """
+    fast = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    fast.fast_inference = True
+    return fast
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_ops_available() -> bool:
+    """Whether this torch has the oneDNN fused convolution operators the path uses."""
+    try:
+        ops = torch.ops.mkldnn
+        return bool(
+            torch.backends.mkldnn.is_available()
+            and hasattr(ops, "_convolution_pointwise")
+            and hasattr(ops, "_convolution_transpose_pointwise")
+            and hasattr(ops, "_reorder_convolution_weight")
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def fast_path_applies(model: LinkNet34, x: torch.Tensor) -> bool:
+    """Whether :meth:`LinkNet34.forward` takes the fused path for ``x``.
+
+    Only for inference in float32 on the CPU: autograd, training mode,
+    autocast and forward hooks (feature taps) all need the module-by-module
+    path.
+    """
+    w = model.firstconv.weight
+    return (
+        not model.training
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and w.device.type == "cpu"
+        and x.dtype == torch.float32
+        and w.dtype == torch.float32
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # torch.compile traces the module path
+        and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules() if m is not model)
+        and _fused_ops_available()
+    )
+
+
+class _Conv(NamedTuple):
+    """One convolution of the fused path: weight (packed), bias, geometry."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    padding: list[int]
+    stride: list[int]
+
+
+def _sources(conv: nn.Module, bn: nn.Module | None) -> list[torch.Tensor]:
+    ts = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
+    if bn is not None and not isinstance(bn, nn.Identity):
+        ts += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    return ts
+
+
+def _pack(w: torch.Tensor, b: torch.Tensor, padding, stride, input_hw: tuple[int, int]) -> _Conv:
+    """Reorder a float32 weight once into oneDNN's blocked layout for ``input_hw``.
+
+    The layout is chosen for that input size; other sizes and batches still
+    compute correctly with it (oneDNN converts as needed).
+    """
+    w = w.contiguous(memory_format=torch.channels_last)
+    packed = torch.ops.mkldnn._reorder_convolution_weight(
+        w, list(padding), list(stride), [1, 1], 1, [1, w.shape[1], int(input_hw[0]), int(input_hw[1])]
+    )
+    return _Conv(packed, b.contiguous(), list(padding), list(stride))
+
+
+def _head_phase_weights(model: LinkNet34):
+    """finaldeconv1, finalconv2 and finalconv3 as 2x2 convolutions in space-to-depth form.
+
+    A map ``U`` of twice the size is held as ``Z[p, q, a, b] = U[2p + a, 2q + b]``
+    with the four phases ``(a, b)`` as channel blocks ``(a, b, c)``.
+
+    * finaldeconv1 (3x3, stride 2, no padding): ``U[o] = sum_i x[i] w[o - 2i]``,
+      so phase ``a`` at ``p`` takes ``x[p + d - 1]`` (``d`` in {0, 1}, input
+      padded by one) with kernel index ``a + 2 - 2d`` where that is in 0..2.
+    * finalconv2 (3x3, no padding): output row ``2p + a`` sums ``U`` rows
+      ``2p + a + i``, that is phase ``(a + i) % 2`` at ``p + (a + i) // 2``.
+    * finalconv3 (2x2, padding 1): output row ``2p + a`` sums rows
+      ``2p + a + i - 1`` of its input; output channels are ordered ``(k, a, b)``
+      so that ``pixel_shuffle`` interleaves them.
+
+    Returns float64 ``(weight, bias)`` pairs for the three layers.
+    """
+    w1, b1 = (t.double() for t in _fold_pair(model.finaldeconv1, None))  # (64, 32, 3, 3)
+    cin, c = w1.shape[:2]
+    z1 = torch.zeros(2, 2, c, cin, 2, 2, dtype=torch.float64, device=w1.device)
+    for a in range(2):
+        for d in range(2):
+            kh = a + 2 - 2 * d
+            if kh > 2:
+                continue
+            for b in range(2):
+                for e in range(2):
+                    kw = b + 2 - 2 * e
+                    if kw > 2:
+                        continue
+                    z1[a, b, :, :, d, e] = w1[:, :, kh, kw].t()
+    w2, b2 = (t.double() for t in _fold_pair(model.finalconv2, None))  # (32, 32, 3, 3)
+    z2 = torch.zeros(2, 2, c, 2, 2, c, 2, 2, dtype=torch.float64, device=w1.device)
+    for a in range(2):
+        for i in range(3):
+            for b in range(2):
+                for j in range(3):
+                    z2[a, b, :, (a + i) % 2, (b + j) % 2, :, (a + i) // 2, (b + j) // 2] += w2[:, :, i, j]
+    w3, b3 = (t.double() for t in _fold_pair(model.finalconv3, None))  # (K, 32, 2, 2)
+    k = w3.shape[0]
+    z3 = torch.zeros(k, 2, 2, 2, 2, c, 2, 2, dtype=torch.float64, device=w1.device)
+    for a in range(2):
+        for i in range(2):
+            m = a + i - 1  # -1, 0 or 1: a row of the input's phase m % 2 at p + m // 2
+            for b in range(2):
+                for j in range(2):
+                    n = b + j - 1
+                    z3[:, a, b, m % 2, n % 2, :, m // 2 + 1, n // 2 + 1] += w3[:, :, i, j]
+    return (
+        (z1.reshape(4 * c, cin, 2, 2), b1.repeat(4)),
+        (z2.reshape(4 * c, 4 * c, 2, 2), b2.repeat(4)),
+        (z3.reshape(4 * k, 4 * c, 2, 2), b3.repeat_interleave(4)),
+    )
+
+
+class _FastPlan:
+    """The packed weights of one model, and what they were made from.
+
+    ``valid`` compares the source tensors' storage and version counters, so
+    weights changed in place (an optimiser step, ``load_state_dict``) or
+    moved (``.to``) are packed again instead of going stale.
+    """
+
+    def __init__(self, model: LinkNet34, input_hw: tuple[int, int]) -> None:
+        h, w = input_hw
+
+        def conv(c: nn.Module, bn: nn.Module | None, hw) -> _Conv:
+            wt, bias = _fold_pair(c, bn)
+            return _pack(wt, bias, c.padding, c.stride, hw)
+
+        self.stem = conv(model.firstconv, model.firstbn, (h, w))
+        self.blocks: list[tuple[_Conv, _Conv, _Conv | None]] = []
+        hw = (h // 4, w // 4)
+        for i in range(1, 5):
+            for j, block in enumerate(getattr(model, f"encoder{i}")):
+                out_hw = hw if block.stride == 1 else ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
+                ds = None
+                if block.downsample is not None:
+                    ds = conv(block.downsample[0], block.downsample[1], hw)
+                self.blocks.append((conv(block.conv1, block.bn1, hw), conv(block.conv2, block.bn2, out_hw), ds))
+                hw = out_hw
+        self.decoders = []
+        for name, _, _ in _DECODERS:
+            dec = getattr(model, name)
+            dw, db = _fold_pair(dec.deconv2, dec.norm2)
+            up = (hw[0] * 2, hw[1] * 2)
+            self.decoders.append(
+                (
+                    conv(dec.conv1, dec.norm1, hw),
+                    _Conv(dw.contiguous(memory_format=torch.channels_last), db, [1, 1], [2, 2]),
+                    conv(dec.conv3, dec.norm3, up),
+                )
+            )
+            hw = up
+        (w1, b1), (w2, b2), (w3, b3) = _head_phase_weights(model)
+        f32 = torch.float32
+        self.head1 = _pack(w1.to(f32), b1.to(f32), (1, 1), (1, 1), hw)
+        self.head2 = _pack(w2.to(f32), b2.to(f32), (0, 0), (1, 1), (hw[0] + 1, hw[1] + 1))
+        self.head3 = _pack(w3.to(f32), b3.to(f32), (1, 1), (1, 1), hw)
+        self.head_channels = int(model.finalconv2.out_channels)
+        self._sources = [(weakref.ref(t), t.data_ptr(), t._version) for t in _all_sources(model)]
+
+    def valid(self, model: LinkNet34) -> bool:
+        now = _all_sources(model)
+        if len(now) != len(self._sources):
+            return False
+        return all(ref() is t and t.data_ptr() == ptr and t._version == ver for (ref, ptr, ver), t in zip(self._sources, now))
+
+
+def _all_sources(model: LinkNet34) -> list[torch.Tensor]:
+    """Every tensor the packed weights are computed from, in a fixed order."""
+    pairs = [(_child(p, c), _child(p, b)) for p, c, b in _conv_bn_pairs(model)]
+    pairs += [(c, None) for c in (model.finaldeconv1, model.finalconv2, model.finalconv3)]
+    return [t for c, b in pairs for t in _sources(c, b)]
+
+
+#: Packed weights per model, dropped with the model (never part of its state).
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PLANS_LOCK = threading.Lock()
+
+
+def _plan(model: LinkNet34, x: torch.Tensor) -> _FastPlan:
+    with _PLANS_LOCK:
+        plan = _PLANS.get(model)
+        if plan is None or not plan.valid(model):
+            plan = _PLANS[model] = _FastPlan(model, (int(x.shape[2]), int(x.shape[3])))
+        return plan
+
+
+def _conv(x: torch.Tensor, c: _Conv, attr: str = "relu") -> torch.Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, attr, [], None)
+
+
+def _conv_add_relu(x: torch.Tensor, other: torch.Tensor, c: _Conv) -> torch.Tensor:
+    # relu(conv(x) + other): the residual addition of a BasicBlock, fused.
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x, other, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, "add", None, "relu", [], None
+    )
+
+
+def _fast_forward(model: LinkNet34, x: torch.Tensor) -> torch.Tensor:
+    """The fused forward (see the comment above :func:`fast_inference_model`)."""
+    plan = _plan(model, x)
+    x = x.contiguous(memory_format=torch.channels_last)
+    x = F.max_pool2d(_conv(x, plan.stem), 3, 2, 1)
+    feats = []
+    blocks = iter(plan.blocks)
+    for n in RESNET34_LAYERS:
+        for _ in range(n):
+            c1, c2, ds = next(blocks)
+            identity = x if ds is None else _conv(x, ds, "none")
+            x = _conv_add_relu(_conv(x, c1), identity, c2)
+        feats.append(x)
+    e1, e2, e3, e4 = feats
+    d = e4
+    for (c1, dc, c3), skip in zip(plan.decoders, (e3, e2, e1, None)):
+        y = _conv(d, c1)
+        y = torch.ops.mkldnn._convolution_transpose_pointwise(
+            y, dc.weight, dc.bias, dc.padding, [0, 0], dc.stride, [1, 1], 1, "relu", [], None
+        )
+        y = _conv(y, c3)
+        d = y.add_(skip) if skip is not None else y
+    # The head in space-to-depth form (_head_phase_weights).
+    n, _, h, w = d.shape
+    c = plan.head_channels
+    z = _conv(d, plan.head1)  # finaldeconv1 + ReLU: (n, 4c, h + 1, w + 1)
+    y = _conv(z, plan.head2)  # finalconv2 + ReLU: (n, 4c, h, w)
+    # finalconv2's true output has 2h - 1 rows and columns; the last odd row and
+    # column stand where finalconv3's zero padding belongs.
+    y[:, 2 * c :, h - 1, :] = 0
+    y.view(n, 2, 2, c, h, w)[:, :, 1, :, :, w - 1] = 0
+    out = _conv(y, plan.head3, "none")[:, :, :h, :w]  # finalconv3: (n, 4k, h, w)
+    return F.pixel_shuffle(out, 2).contiguous()
