@@ -16,9 +16,8 @@ by calling the package function under test:
 * The input: bicubic resize against ``cv2.resize(..., INTER_CUBIC)`` (the
   authors' tool) on smooth images with noise and on scikit-image's
   astronaut. OpenCV resizes in fixed point, so a pixel may differ by one grey
-  level; measured, at most 1 level and 99.9 .. 100% of the values equal on
-  these images (noise-free smooth images 99.99%); asserted: at most 1 level,
-  at least 99.5% equal. The mean: B 104.00699, G 116.66877, R 122.67892,
+  level; measured, at most 1 level and 99.986% .. 99.997% of the values
+  equal on these images; asserted: at most 1 level, at least 99.5% equal. The mean: B 104.00699, G 116.66877, R 122.67892,
   written here, BGR order; compared to 1e-4 (fp32 of values up to 255).
 * The map's resize back to the image: bilinear with half-pixel centres
   (``align_corners=False``, sources below 0 clamped to 0), clamped to 0..1,
@@ -37,6 +36,12 @@ by calling the package function under test:
   replicated to R = G = B. Exact equality. (A mode I image opened from a
   16-bit PNG, which older Pillow versions produce, cannot be made with the
   installed Pillow, which opens those as I;16; it is not tested here.)
+* A last section pins behaviour that a mutation run (mutmut 3, issue 17)
+  showed no test pinned: saturation of bicubic overshoot, input validation,
+  ties between face and background, threshold and shape checks, the
+  constructor's defaults, strict loading, legal protobuf encodings Caffe
+  itself does not write, every 16-bit value and the 32-bit rounding
+  boundaries, NaN in float images, hooks under no_grad.
 """
 
 from __future__ import annotations
@@ -521,3 +526,301 @@ def test_float_value_does_not_depend_on_other_pixels(tmp_path, others):
     arr = np.array([[0.0, 0.25, *others]], np.float32)
     Image.fromarray(arr, "F").save(tmp_path / "f.tif")
     assert _load(tmp_path / "f.tif")[0, 1].tolist() == [64, 64, 64]
+
+
+# --------------------------------------------------------------------------
+# Found by the mutation run (issue 17): behaviour no other test pinned.
+
+
+def test_bicubic_overshoot_saturates_like_opencv():
+    """Keys' kernel overshoots at hard edges (about 10% of the step): the
+    values are saturated to 0..255 as OpenCV's uint8 result is."""
+    import cv2
+
+    rgb = np.zeros((24, 20, 3), np.uint8)
+    rgb[6:18, 5:15] = 255
+    rgb[9:12, 8:11] = (255, 0, 128)
+    for dst in [(61, 47), (13, 11)]:
+        ref = cv2.resize(np.ascontiguousarray(rgb[:, :, ::-1]), dst[::-1], interpolation=cv2.INTER_CUBIC)
+        pixels = image_to_input(rgb, size=dst, mean_bgr=(0, 0, 0)).numpy().transpose(1, 2, 0)
+        assert pixels.max() == 255 and pixels.min() == 0
+        assert np.abs(pixels - ref).max() <= 1
+    # The unclamped resize does overshoot here, so the clamp is what is tested.
+    raw = torch.nn.functional.interpolate(
+        torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None], size=(61, 47), mode="bicubic"
+    )
+    assert raw.max() > 256 and raw.min() < -1
+
+
+def test_bicubic_resize_of_a_batch_of_one_keeps_its_batch_axis():
+    chw = torch.from_numpy(_realish(10, 12, 5).transpose(2, 0, 1).copy())
+    assert resize_bicubic_uint8(chw[None], (7, 9)).shape == (1, 3, 7, 9)
+    assert resize_bicubic_uint8(chw, (7, 9)).shape == (3, 7, 9)
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [np.zeros((4, 5), np.uint8), np.zeros((4, 5, 4), np.uint8), np.zeros((4, 5, 3), np.float32),
+     np.zeros((4, 5, 3), np.uint16)],
+    ids=["grey2d", "rgba", "float", "uint16"],
+)
+def test_image_to_input_refuses_arrays_that_are_not_uint8_rgb(arr):
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 RGB image"):
+        image_to_input(arr)
+
+
+def test_model_img_to_input_uses_its_own_mean_and_pre_normalize():
+    rgb = np.full((3, 4, 3), 100, np.uint8)
+    rgb[0, 0] = 50
+    rgb[2, 3] = 150
+    model = FaceSegmentationNet(2, channel_divisor=16, mean_bgr=(1.0, 2.0, 3.0))
+    x = model.img_to_input(rgb).numpy()
+    np.testing.assert_allclose(x[:, 1, 1], [99.0, 98.0, 97.0])
+    stretched = model.img_to_input(rgb, pre_normalize=True).numpy()
+    np.testing.assert_allclose(stretched[:, 0, 0], [-1.0, -2.0, -3.0])  # 50 -> 0
+    np.testing.assert_allclose(stretched[:, 2, 3], [254.0, 253.0, 252.0])  # 150 -> 255
+
+
+def test_a_tie_between_face_and_background_is_background():
+    """Caffe's argmax takes the first of equal scores, channel 0 (background)."""
+    from face_segmentation_pytorch.models.fcn8s import scores_to_mask, scores_to_pmap
+
+    scores = torch.zeros(1, 3, 2, 2)
+    scores[0, 1, 0, 0] = 1.0  # face wins here only
+    mask = scores_to_mask(scores).numpy()
+    assert mask.tolist() == [[[True, False], [False, False]]]
+    assert scores_to_mask(scores, face_channel=2).sum() == 0
+    assert float(scores_to_pmap(scores)[0, 1, 1]) == 0.5
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.1, 1.5])
+def test_mask_threshold_must_be_strictly_inside_zero_one(threshold):
+    from face_segmentation_pytorch.models.fcn8s import scores_to_mask
+
+    with pytest.raises(ValueError, match="threshold"):
+        scores_to_mask(torch.zeros(1, 2, 2, 2), threshold=threshold)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4), (1, 1, 4, 4)])
+def test_scores_must_be_four_dimensional_with_two_channels(shape):
+    from face_segmentation_pytorch.models.fcn8s import scores_to_pmap
+
+    with pytest.raises(ValueError, match="scores"):
+        scores_to_pmap(torch.zeros(shape))
+
+
+def test_set_num_classes_refuses_a_face_channel_it_would_drop_and_keeps_dtype():
+    model = FaceSegmentationNet(21, channel_divisor=16, face_channel=2)
+    with pytest.raises(ValueError, match="face_channel=2"):
+        model.set_num_classes(2)  # channel 2 does not exist in a 2-class model
+    model.set_num_classes(3)
+    assert model.num_classes == 3
+    model = FaceSegmentationNet(21, channel_divisor=16).double()
+    model.set_num_classes(2)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes) -> bytes:
+    return _varint_bytes(num << 3 | 2) + _varint_bytes(len(payload)) + payload
+
+
+def _fixed(num: int, wire: int, raw: bytes) -> bytes:
+    return _varint_bytes(num << 3 | wire) + raw
+
+
+def test_reader_takes_legal_encodings_caffe_does_not_write(tmp_path):
+    """Unpacked double_data (field 8, wire type 1) and float data (field 5,
+    wire type 5), unpacked shape dims, fixed-size fields ending exactly at
+    the end of their message, and the other fields a real caffemodel's layer
+    holds (bottom, top, a convolution_param), which are skipped."""
+    from face_segmentation_pytorch.formats.caffe import read_caffemodel
+
+    values = np.array([0.5, -1.25, 3.0, 1e-3, 7.0, -2.0])
+    # Shape first, so the last fixed64 value ends exactly where the blob ends.
+    blob8 = _field(7, _field(1, bytes([1, 1, 2, 3])))  # shape {dim: 1 1 2 3}, packed
+    blob8 += b"".join(_fixed(8, 1, np.float64(v).tobytes()) for v in values)
+    # Unpacked dims (one varint tag each), then unpacked floats to the end.
+    blob5 = _field(7, b"".join(_fixed(1, 0, bytes([d])) for d in (3, 2)))
+    blob5 += b"".join(_fixed(5, 5, np.float32(v).tobytes()) for v in values)
+    layer = (
+        _field(1, b"conv1_1") + _field(2, b"Convolution") + _field(3, b"data") + _field(4, b"conv1_1")
+        + _field(106, _fixed(1, 0, bytes([64])))  # convolution_param {num_output: 64}
+        + _field(7, blob8) + _field(7, blob5)
+    )
+    path = tmp_path / "unpacked.caffemodel"
+    path.write_bytes(_field(100, layer))
+    (parsed,), field = read_caffemodel(path)
+    assert (parsed.name, parsed.type, field, len(parsed.blobs)) == ("conv1_1", "Convolution", "layer", 2)
+    np.testing.assert_array_equal(parsed.blobs[0], values.astype(np.float32).reshape(1, 1, 2, 3))
+    np.testing.assert_array_equal(parsed.blobs[1], values.astype(np.float32).reshape(3, 2))
+
+
+def test_v1_layer_types_are_named(tmp_path):
+    from face_segmentation_pytorch.formats.caffe import read_caffemodel
+
+    layers = random_layers(2, 16, seed=7)
+    parsed, field = read_caffemodel(write_caffemodel(tmp_path / "v1.caffemodel", layers, v1=True))
+    types = {layer.name: layer.type for layer in parsed}
+    assert field == "layers"
+    assert types["conv1_1"] == "Convolution" and types["upscore8"] == "Deconvolution"
+
+
+def test_converter_is_strict_by_default_and_names_the_file(tmp_path):
+    from face_segmentation_pytorch.errors import CaffeModelError
+    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
+
+    layers = random_layers(2, 16, seed=6)
+    path = write_caffemodel(tmp_path / "extra.caffemodel", layers, extra_layers={"fc8": [np.ones(3, np.float32)]})
+    with pytest.raises(CaffeModelError, match="fc8"):
+        convert_caffemodel(path)
+    assert "conv1_1.weight" in load_caffemodel_as_statedict(path, strict=False)
+    bad = write_caffemodel(tmp_path / "bad.caffemodel", {k: v for k, v in layers.items() if k != "fc7"})
+    with pytest.raises(CaffeModelError, match=r"bad\.caffemodel.*'fc7'"):
+        convert_caffemodel(bad)
+
+
+def test_sixteen_bit_grey_every_value(tmp_path):
+    """All 65536 values once: each rounding boundary of round(v / 257)."""
+    arr = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    Image.fromarray(arr).save(tmp_path / "all.png")
+    np.testing.assert_array_equal(_load(tmp_path / "all.png")[..., 0], _sixteen(arr))
+
+
+def test_thirty_two_bit_rounding_boundaries(tmp_path):
+    """Pairs of values straddling k + 1/2 of round(v * 255 / (2**31 - 1)),
+    computed with exact integers."""
+    top = 2**31 - 1
+    values = []
+    for k in (0, 1, 127, 200, 254):
+        below = ((2 * k + 1) * top) // 510  # v * 510 <= (2k + 1) * top
+        values += [below, below + 1]
+    arr = np.array([values], np.int32)
+    Image.fromarray(arr).save(tmp_path / "b.tif")
+    expected = [(2 * v * 255 + top) // (2 * top) for v in values]
+    assert expected[0::2] == [0, 1, 127, 200, 254] and expected[1::2] == [1, 2, 128, 201, 255]
+    assert _load(tmp_path / "b.tif")[0, :, 0].tolist() == expected
+
+
+def test_float_nan_is_black(tmp_path):
+    """NaN in a float image becomes 0 (imageio's documented rule)."""
+    arr = np.array([[np.nan, 0.5, 1.0]], np.float32)
+    Image.fromarray(arr, "F").save(tmp_path / "nan.tif")
+    assert _load(tmp_path / "nan.tif")[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_bilinear_kernel_of_every_fcn_size_follows_the_formula():
+    from face_segmentation_pytorch.models.fcn8s import bilinear_upsampling_kernel
+
+    for f in range(1, 9):
+        k = 2 * f - f % 2  # 1, 4, 5, 8, 9, 12, 13, 16
+        got = bilinear_upsampling_kernel(2, k).numpy()
+        np.testing.assert_allclose(got, fcn_weight(2, f), rtol=1e-6, atol=0, err_msg=f"k={k}")
+
+
+def test_crop_fits_exactly_and_refuses_either_axis():
+    from face_segmentation_pytorch.models.fcn8s import Crop
+
+    x = torch.arange(9 * 9, dtype=torch.float32).view(1, 1, 9, 9)
+    like = torch.zeros(1, 1, 4, 4)
+    np.testing.assert_array_equal(Crop(5)(x, like).numpy(), x[..., 5:9, 5:9].numpy())  # o + h == H
+    for shape in [(8, 20), (20, 8)]:
+        with pytest.raises(ValueError, match="does not fit"):
+            Crop(5)(torch.zeros(1, 1, *shape), like)
+
+
+def test_constructor_defaults_and_validation():
+    with torch.device("meta"):
+        model = FaceSegmentationNet()
+    assert (model.num_classes, model.channel_divisor, model.input_size, model.face_channel) == (21, 1, 500, None)
+    assert model.scale_pool4.weight.shape == (512,) and model.scale_pool3.weight.shape == (256,)
+    assert model.score_pool4.weight.shape == (21, 512, 1, 1) and model.score_pool3.weight.shape == (21, 256, 1, 1)
+    assert FaceSegmentationNet(21, channel_divisor=16, face_channel=15).face_channel == 15
+    assert FaceSegmentationNet(2, channel_divisor=16, face_channel=1).face_channel == 1
+    for kwargs in [dict(channel_divisor=3), dict(face_channel=21), dict(face_channel=0)]:
+        with pytest.raises(ValueError):
+            FaceSegmentationNet(21, **{"channel_divisor": 16, **kwargs})
+
+
+def test_the_narrowest_net_converts(tmp_path):
+    """channel_divisor 64 (conv1_1 with one filter) is read as 64, a conv1_1
+    of 3 filters or a one-class score_fr is refused."""
+    from face_segmentation_pytorch.errors import CaffeModelError
+    from face_segmentation_pytorch.formats.caffe import CaffeLayer, caffe_layers_to_state_dict
+    from face_segmentation_pytorch.models.fcn8s import architecture_from_state_dict
+
+    layers = random_layers(2, 64, seed=8)
+    state, report = convert_caffemodel(write_caffemodel(tmp_path / "n.caffemodel", layers))
+    assert report.channel_divisor == 64 and sorted(report.loaded) == sorted(layers)
+    assert architecture_from_state_dict(state) == {"num_classes": 2, "channel_divisor": 64}
+    bad = dict(state)
+    bad["conv1_1.weight"] = torch.zeros(3, 3, 3, 3)
+    with pytest.raises(ValueError):
+        architecture_from_state_dict(bad)
+    for name, blob in [("conv1_1", np.zeros((3, 3, 3, 3), np.float32)), ("score_fr", np.zeros((1, 64, 1, 1), np.float32))]:
+        broken = {**layers, name: [blob, layers[name][1][:blob.shape[0]]]}
+        with pytest.raises(CaffeModelError):
+            caffe_layers_to_state_dict([CaffeLayer(n, "", b) for n, b in broken.items()])
+    extra = {**layers, "fc8": [np.ones(3, np.float32)]}
+    with pytest.raises(CaffeModelError, match="fc8"):
+        caffe_layers_to_state_dict([CaffeLayer(n, "", b) for n, b in extra.items()])
+
+
+def test_from_state_dict_is_strict_and_passes_options():
+    torch.manual_seed(0)
+    state = FaceSegmentationNet(21, channel_divisor=16).state_dict()
+    model = FaceSegmentationNet.from_state_dict(state, face_channel=15, input_size=300)
+    assert (model.face_channel, model.input_size) == (15, 300)
+    del state["fc7.bias"]
+    with pytest.raises(RuntimeError, match="fc7.bias"):
+        FaceSegmentationNet.from_state_dict(state)
+
+
+def test_pmap_follows_the_face_channel_rule():
+    """sigmoid(face - background), face = the chosen channel or the best non-background one."""
+    torch.manual_seed(1)
+    model = FaceSegmentationNet(21, channel_divisor=16, face_channel=15).eval()
+    x = torch.randn(1, 3, 17, 23) * 50
+    with torch.no_grad():
+        s = model(x).double()
+        for rule, face in [("default", s[:, 15]), (15, s[:, 15]), (None, s[:, 1:].amax(1)), (3, s[:, 3])]:
+            got = model(x, as_pmap=True) if rule == "default" else model(x, as_pmap=True, face_channel=rule)
+            np.testing.assert_allclose(got.double(), torch.sigmoid(face - s[:, 0]), atol=1e-6, err_msg=str(rule))
+
+
+def test_a_lone_forward_hook_sees_its_layer_under_no_grad():
+    """Forward hooks (without pre-hooks) and pre-hooks alone both make the
+    fast path step aside, so the hooked layer really runs and the hook fires."""
+    torch.manual_seed(2)
+    model = FaceSegmentationNet(2, channel_divisor=16).eval()
+    x = torch.randn(1, 3, 9, 11) * 50
+    seen = {}
+    def after(module, inputs, output):  # returns None: the output is left as it is
+        seen["conv3_1"] = output.clone()
+
+    def before(module, inputs):
+        seen["fc6_in"] = inputs[0].clone()
+
+    h1 = model.conv3_1.register_forward_hook(after)
+    h2 = model.fc6.register_forward_pre_hook(before)
+    with torch.no_grad():
+        out = model(x)
+    h1.remove()
+    h2.remove()
+    assert set(seen) == {"conv3_1", "fc6_in"}
+    with torch.no_grad():
+        h = x
+        for name in ("conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2"):
+            h = getattr(model, name)(h)
+            if name.startswith("conv"):
+                h = h.relu()
+        np.testing.assert_allclose(seen["conv3_1"].numpy(), model.conv3_1(h).numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(model(x).numpy(), out.numpy(), rtol=0, atol=1e-4)
