@@ -194,3 +194,12 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
         save_atomic(tmp_path / "ok.png", half_then_fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]
     assert Image.open(tmp_path / "ok.png").size == (3, 3)
+
+
+def test_signed_sixteen_bit_tiff_spans_its_own_range(tmp_path):
+    """A signed 16-bit TIFF (SampleFormat 2) holds 0..32767 above zero: full scale is 32767."""
+    import tifffile  # requirements-test.txt: Pillow cannot write signed 16-bit TIFFs
+    path = tmp_path / "s16.tif"
+    tifffile.imwrite(path, np.array([[0, 200], [-5, 32767]], np.int16))
+    out = np.asarray(load_image(path))[..., 0]
+    assert out.tolist() == [[0, round(200 * 255 / 32767)], [0, 255]]

@@ -35,17 +35,21 @@ OUTPUT_SUFFIXES = (
 
 
 def _bits_per_sample(img: Image.Image) -> int | None:
-    """The integer bit depth the file declares for a mode ``I`` image, if any.
+    """The value bits the file declares for a mode ``I`` image, if any.
 
     Older Pillow releases open 16-bit grey PNGs as mode ``I``; PNG samples
-    have at most 16 bits. TIFF states its depth in the BitsPerSample tag.
+    have at most 16 bits. TIFF states its depth in the BitsPerSample tag and
+    signed samples in SampleFormat (2): a signed 16-bit TIFF has 15 value bits.
     """
     if img.format == "PNG":
         return 16
     tags = getattr(img, "tag_v2", None)
     if tags is not None and 258 in tags:
         bits = tags[258]
-        return int(bits[0] if isinstance(bits, tuple) else bits)
+        bits = int(bits[0] if isinstance(bits, tuple) else bits)
+        fmt = tags.get(339, 1)
+        signed = int(fmt[0] if isinstance(fmt, tuple) else fmt) == 2
+        return bits - 1 if signed else bits
     return None
 
 
@@ -55,6 +59,7 @@ def _scale_to_uint8(arr: np.ndarray, mode: str, bits: int | None = None) -> np.n
     Never by the values themselves: one bright pixel must not darken the rest.
 
     - ``I;16*`` (and mode ``I`` with 16 bits declared): ``round(v * 255 / 65535)``;
+    - ``I`` with a signed 16-bit TIFF's 15 value bits: ``round(v * 255 / 32767)``, negatives 0;
     - ``I`` (32-bit signed integers): ``round(v * 255 / (2**31 - 1))``, negatives 0;
     - ``F`` (32-bit float): the 0..1 convention of float images (scikit-image,
       OpenCV's display), ``round(v * 255)``, clipped; NaN becomes 0.
@@ -62,7 +67,12 @@ def _scale_to_uint8(arr: np.ndarray, mode: str, bits: int | None = None) -> np.n
     if mode == "F":
         a = np.nan_to_num(arr.astype(np.float64), nan=0.0)
         return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
-    top = 65535 if mode.startswith("I;16") or (mode == "I" and bits == 16) else 2**31 - 1
+    if mode.startswith("I;16"):
+        top = 65535
+    elif mode == "I" and bits in (15, 16):
+        top = 2**bits - 1
+    else:
+        top = 2**31 - 1
     a = np.clip(arr.astype(np.float64), 0, top)
     return np.rint(a * (255.0 / top)).astype(np.uint8)
 
