@@ -61,10 +61,33 @@ from .pipeline.weights import (
     load_state_dict_file,
 )
 from .utils import plt_debug  # also makes fsp.utils (the earlier port's module) an attribute
+# Training and scores: torch and NumPy only at import (Pillow, omegaconf load when a run starts).
+from .training import (
+    SegmentationScores,
+    Trainer,
+    TrainResult,
+    dataset_iou,
+    f1_score,
+    iou,
+    iou_per_image,
+    mean_iou,
+    pixel_accuracy,
+    train,
+)
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "SegmentationScores",
+    "Trainer",
+    "TrainResult",
+    "dataset_iou",
+    "f1_score",
+    "iou",
+    "iou_per_image",
+    "mean_iou",
+    "pixel_accuracy",
+    "train",
     "BGR_MEAN",
     "CaffeModelError",
     "ConfigError",

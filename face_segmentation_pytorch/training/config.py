@@ -1,0 +1,107 @@
+"""``KEY=VALUE`` settings for the train and evaluate commands, in the main CLI's style.
+
+Arguments are an omegaconf dot-list (``EPOCHS=20 LR=1e-3``); each command has a
+table of :class:`Key` (default and help line) that ``--help`` prints. The same
+table checks keyword arguments given from Python (``fsp.train(epochs=2)``), so
+the command and the API accept exactly the same settings.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import EXIT_STATUSES, ConfigError
+
+__all__ = ["Key", "parse_dotlist", "merge_options", "help_text", "is_int", "is_number"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its default and the line ``--help`` prints."""
+
+    default: object
+    help: str
+
+
+def is_int(v) -> bool:
+    """An int that is not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _unknown(name: str, keys: Mapping[str, Key]) -> ConfigError:
+    close = difflib.get_close_matches(name.upper(), keys, n=1)
+    hint = f"; did you mean {close[0]}?" if close else "; see --help"
+    return ConfigError(f"unknown key {name!r}{hint}")
+
+
+def parse_dotlist(argv: Sequence[str], keys: Mapping[str, Key], string_keys: Sequence[str], usage: str) -> dict:
+    """Parse ``KEY=VALUE`` arguments into ``{key: value}`` over the defaults.
+
+    Keys in ``string_keys`` (paths, names) keep their text as typed: YAML
+    would read ``~`` as null or an all-digit name as a number.
+
+    Raises:
+        ConfigError: Not KEY=VALUE, unparsable, or an unknown key (with a suggestion).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for arg in argv:
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r} is not KEY=VALUE; {usage}")
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse arguments: {str(e).splitlines()[0]}") from None
+    raw = dict(arg.split("=", 1) for arg in argv)
+    cfg = {name: key.default for name, key in keys.items()}
+    for name, value in given.items():
+        if name not in keys:
+            raise _unknown(name, keys)
+        if name in string_keys and name in raw:
+            text = raw[name].strip()
+            value = None if text in ("", "null", "None") else text
+        cfg[name] = value
+    return cfg
+
+
+def merge_options(options: Mapping[str, object], keys: Mapping[str, Key]) -> dict:
+    """Keyword arguments from Python (any case: ``epochs=2`` or ``EPOCHS=2``) over the defaults.
+
+    Paths may be ``pathlib.Path``; they become strings.
+
+    Raises:
+        ConfigError: An unknown key (with a suggestion).
+    """
+    import os
+
+    cfg = {name: key.default for name, key in keys.items()}
+    for name, value in options.items():
+        upper = name.upper()
+        if upper not in keys:
+            raise _unknown(name, keys)
+        cfg[upper] = os.fspath(value) if isinstance(value, os.PathLike) else value
+    return cfg
+
+
+def help_text(
+    usage: str, summary: str, keys: Mapping[str, Key], example: str, statuses: Mapping[int, str] | None = None
+) -> str:
+    """The ``--help`` text: usage, keys with defaults and meanings, exit statuses, an example."""
+    lines = [usage, "", summary, "", "keys (default, meaning):"]
+    for name, key in keys.items():
+        d = key.default
+        default = "null" if d is None else str(d).lower() if isinstance(d, bool) else d
+        lines.append(f"  {name}={default}")
+        lines.append(f"      {key.help}")
+    lines += ["", "exit status:"]
+    lines += [f"  {code:<3} {text}" for code, text in (statuses or EXIT_STATUSES).items()]
+    lines += ["", f"example: {example}"]
+    return "\n".join(lines)
