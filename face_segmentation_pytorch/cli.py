@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_STATUSES, ConfigError, FaceSegmentationError, ImageReadError, WeightsError
+from .errors import EXIT_STATUSES, ConfigError, ImageReadError, run_command
 
 __all__ = ["main", "parse_args", "KEYS", "collect_inputs"]
 
@@ -741,22 +741,9 @@ def _write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status (``errors.EXIT_STATUSES``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text())
-        return 0
-    try:
-        return run(parse_args(argv))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except FaceSegmentationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("face_segmentation_pytorch: interrupted before any image was processed", file=sys.stderr)
-        return 130
+    return run_command(
+        argv, help_text, lambda: run(parse_args(argv)),
+        "face_segmentation_pytorch: interrupted before any image was processed",
+    )

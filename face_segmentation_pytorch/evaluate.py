@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, FaceSegmentationError, WeightsError
+from .errors import ConfigError, run_command
 
 __all__ = ["main", "EVAL_KEYS", "EXIT_STATUSES", "USAGE", "parse_eval_args", "check_eval_config", "run"]
 
@@ -263,24 +263,9 @@ def run(cfg: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text())
-        return 0
-    try:
-        return run(parse_eval_args(argv))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except FaceSegmentationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("face_segmentation_pytorch.evaluate: interrupted", file=sys.stderr)
-        return 130
-
+    return run_command(
+        argv, help_text, lambda: run(parse_eval_args(argv)), "face_segmentation_pytorch.evaluate: interrupted"
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, FaceSegmentationError, WeightsError
+from .errors import FaceSegmentationError, exit_status
 from .pipeline.atomic import atomic_path
 from .pipeline.families import family_of_model
 
@@ -165,15 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             if err >= 1e-4:
                 print("error: the exported graph disagrees with PyTorch beyond 1e-4", file=sys.stderr)
                 return 1
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
     except FaceSegmentationError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_status(e)
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import types
 
-from .errors import ConfigError, FaceSegmentationError, WeightsError
+from .errors import run_command
 
 __all__ = ["main", "EXIT_STATUSES", "USAGE"]
 
@@ -49,35 +49,24 @@ def help_text() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text())
-        return 0
-    try:
+
+    def body() -> int:
         from .training.config import parse_dotlist
         from .training.trainer import TRAIN_KEYS, TRAIN_STRING_KEYS, Trainer, TrainingDiverged
 
         cfg = parse_dotlist(argv, TRAIN_KEYS, TRAIN_STRING_KEYS, USAGE)
-        result = Trainer(cfg).run()
+        try:
+            result = Trainer(cfg).run()
+        except TrainingDiverged as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         return 130 if result.interrupted else 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except FaceSegmentationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "face_segmentation_pytorch.train: interrupted; nothing more was saved (last.pt, if any, holds the "
-            "last saved position)",
-            file=sys.stderr,
-        )
-        return 130
+
+    return run_command(
+        argv, help_text, body,
+        "face_segmentation_pytorch.train: interrupted; nothing more was saved (last.pt, if any, holds the "
+        "last saved position)",
+    )
 
 
 class _CallableModule(types.ModuleType):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .cli import Key, _first_line, _is_int, _plural, _resolve_device
-from .errors import EXIT_STATUSES, ConfigError, FaceSegmentationError, WeightsError
+from .errors import EXIT_STATUSES, ConfigError, run_command
 
 __all__ = ["main", "parse_args", "run", "KEYS"]
 
@@ -435,24 +435,9 @@ def _run(cfg, device, source, out, created) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text())
-        return 0
-    try:
-        return run(parse_args(argv))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except FaceSegmentationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before any frame was processed", file=sys.stderr)
-        return 130
-
+    return run_command(
+        argv, help_text, lambda: run(parse_args(argv)), f"{PROG}: interrupted before any frame was processed"
+    )
 
 if __name__ == "__main__":
     sys.exit(main())
