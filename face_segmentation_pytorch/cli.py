@@ -10,7 +10,6 @@ Runs resume: images whose outputs all exist are skipped.
 from __future__ import annotations
 
 import csv
-import difflib
 import glob
 import io
 import os
@@ -18,18 +17,14 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_STATUSES, ConfigError, ImageReadError, run_command
+from .errors import ConfigError, ImageReadError, run_command
+from .keys import Key, parse_dotlist
+from .keys import help_text as keys_help_text
+from .keys import is_int as _is_int
 
 __all__ = ["main", "parse_args", "KEYS", "collect_inputs"]
-
-
-@dataclass(frozen=True)
-class Key:
-    default: object
-    help: str
 
 
 _AUTO = "auto"
@@ -168,23 +163,12 @@ USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE
 
 
 def help_text() -> str:
-    lines = [USAGE, "", "Segment faces in every image of a folder.", "", "keys (default, meaning):"]
-    for name, key in KEYS.items():
-        d = key.default
-        default = "null" if d is None else str(d).lower() if isinstance(d, bool) else d
-        lines.append(f"  {name}={default}")
-        lines.append(f"      {key.help}")
-    lines += ["", "exit status:"]
-    lines += [f"  {code:<3} {text}" for code, text in EXIT_STATUSES.items()]
-    lines += [
-        "",
-        "example: python -m face_segmentation_pytorch MODEL_PARAMS_DIR=weights IMGS_DIR=photos MASK_THRESHOLD=0.5",
-    ]
-    return "\n".join(lines)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return keys_help_text(
+        USAGE,
+        "Segment faces in every image of a folder.",
+        KEYS,
+        "python -m face_segmentation_pytorch MODEL_PARAMS_DIR=weights IMGS_DIR=photos MASK_THRESHOLD=0.5",
+    )
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -194,29 +178,7 @@ def parse_args(argv: list[str]) -> dict:
         ConfigError: Unknown key (with a suggestion), malformed argument or
             invalid value.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    for arg in argv:
-        if "=" not in arg:
-            raise ConfigError(f"argument {arg!r} is not KEY=VALUE; {USAGE}")
-    try:
-        given = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse arguments: {str(e).splitlines()[0]}") from None
-    raw = dict(arg.split("=", 1) for arg in argv)
-    cfg = {name: key.default for name, key in KEYS.items()}
-    for name, value in given.items():
-        if name not in KEYS:
-            close = difflib.get_close_matches(name.upper(), KEYS, n=1)
-            hint = f"; did you mean {close[0]}?" if close else "; see --help"
-            raise ConfigError(f"unknown key {name!r}{hint}")
-        if name in _STRING_KEYS and name in raw:
-            # Paths, URLs and hashes keep their text: YAML would read an
-            # all-digit hash as a number and "~" or "yes" as something else.
-            text = raw[name].strip()
-            value = None if text in ("", "null", "None") else text
-        cfg[name] = value
+    cfg = parse_dotlist(argv, KEYS, _STRING_KEYS, USAGE)
 
     def need(cond: bool, name: str, what: str) -> None:
         if not cond:

@@ -44,7 +44,7 @@ EXIT_STATUSES = {
 
 
 def _keys():
-    from .training.config import Key
+    from .keys import Key
 
     return {
         "GT_DIR": Key(
@@ -110,7 +110,7 @@ EVAL_KEYS = _keys()
 
 
 def help_text() -> str:
-    from .training.config import help_text as _help
+    from .keys import help_text as _help
 
     return _help(
         USAGE,
@@ -125,7 +125,7 @@ def help_text() -> str:
 
 def parse_eval_args(argv: list[str]) -> dict:
     """Parse and check ``KEY=VALUE`` arguments (see :func:`check_eval_config`)."""
-    from .training.config import parse_dotlist
+    from .keys import parse_dotlist
 
     return check_eval_config(parse_dotlist(argv, EVAL_KEYS, EVAL_STRING_KEYS, USAGE.splitlines()[0]))
 
@@ -136,7 +136,7 @@ def check_eval_config(cfg: dict) -> dict:
     Raises:
         ConfigError: One line naming the key and what is expected.
     """
-    from .training.config import is_int, is_number
+    from .keys import is_int, is_number
 
     cfg = dict(cfg)
 

@@ -30,7 +30,7 @@ EXIT_STATUSES = {
 
 
 def help_text() -> str:
-    from .training.config import help_text as _help
+    from .keys import help_text as _help
     from .training.trainer import TRAIN_KEYS
 
     return _help(
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def body() -> int:
-        from .training.config import parse_dotlist
+        from .keys import parse_dotlist
         from .training.trainer import TRAIN_KEYS, TRAIN_STRING_KEYS, Trainer, TrainingDiverged
 
         cfg = parse_dotlist(argv, TRAIN_KEYS, TRAIN_STRING_KEYS, USAGE)

@@ -10,13 +10,15 @@ The Python API is :func:`face_segmentation_pytorch.pipeline.video.segment_video`
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import time
 from pathlib import Path
 
-from .cli import Key, _first_line, _is_int, _plural, _resolve_device
+from .cli import _first_line, _plural, _resolve_device
+from .keys import Key, is_number, parse_dotlist
+from .keys import help_text as keys_help_text
+from .keys import is_int as _is_int
 from .errors import EXIT_STATUSES, ConfigError, run_command
 
 __all__ = ["main", "parse_args", "run", "KEYS"]
@@ -93,26 +95,20 @@ USAGE = f"usage: python -m {PROG} SOURCE=<video, 'frames/*.png' or camera index>
 
 
 def help_text() -> str:
-    lines = [USAGE, "", "Segment faces in every frame of a video, an image sequence or a camera.", "", "keys (default, meaning):"]
-    for name, key in KEYS.items():
-        d = key.default
-        default = "null" if d is None else str(d).lower() if isinstance(d, bool) else d
-        lines.append(f"  {name}={default}")
-        lines.append(f"      {key.help}")
-    lines += ["", "exit status:"]
-    lines += [
-        "  0   the whole source was processed (or MAX_FRAMES, or a key in the SHOW window)",
-        "  1   some frames failed (unreadable files in an image sequence, masks that could not be written)",
-        f"  2   {EXIT_STATUSES[2]}",
-        f"  3   {EXIT_STATUSES[3]}",
-        "  130 interrupted (Ctrl-C): OUT holds the frames done so far and plays",
-    ]
-    lines += ["", f"example: python -m {PROG} SOURCE=clip.mp4 OUT=faces.mp4 SMOOTH=0.5 STYLE=fade"]
-    return "\n".join(lines)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    statuses = {
+        0: "the whole source was processed (or MAX_FRAMES, or a key in the SHOW window)",
+        1: "some frames failed (unreadable files in an image sequence, masks that could not be written)",
+        2: EXIT_STATUSES[2],
+        3: EXIT_STATUSES[3],
+        130: "interrupted (Ctrl-C): OUT holds the frames done so far and plays",
+    }
+    return keys_help_text(
+        USAGE,
+        "Segment faces in every frame of a video, an image sequence or a camera.",
+        KEYS,
+        f"python -m {PROG} SOURCE=clip.mp4 OUT=faces.mp4 SMOOTH=0.5 STYLE=fade",
+        statuses,
+    )
 
 
 def _parse_color(name: str, text) -> tuple[int, int, int]:
@@ -135,34 +131,8 @@ def parse_args(argv: list[str]) -> dict:
     Raises:
         ConfigError: Unknown key (with a suggestion), malformed argument or invalid value.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    for arg in argv:
-        if "=" not in arg:
-            raise ConfigError(f"argument {arg!r} is not KEY=VALUE; {USAGE}")
-    raw = dict(arg.split("=", 1) for arg in argv)
-    # Colours hold commas, which the dot-list grammar reads as something else:
-    # they are taken as text before omegaconf sees the rest.
-    listed = [a for a in argv if a.split("=", 1)[0] not in ("BACKGROUND", "COLOR")]
-    try:
-        given = OmegaConf.to_container(OmegaConf.from_dotlist(listed))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse arguments: {str(e).splitlines()[0]}") from None
-    for name in ("BACKGROUND", "COLOR"):
-        if name in raw:
-            given[name] = raw[name]
-    cfg = {name: key.default for name, key in KEYS.items()}
-    for name, value in given.items():
-        if name not in KEYS:
-            close = difflib.get_close_matches(str(name).upper(), KEYS, n=1)
-            hint = f"; did you mean {close[0]}?" if close else "; see --help"
-            raise ConfigError(f"unknown key {name!r}{hint}")
-        if name in _STRING_KEYS and name in raw:
-            # Paths keep their text: YAML would read "0" as a number, "~" as null.
-            text = raw[name].strip()
-            value = None if text in ("", "null", "None") else text
-        cfg[name] = value
+    # Colours hold commas: taken as text before omegaconf sees the rest.
+    cfg = parse_dotlist(argv, KEYS, _STRING_KEYS, USAGE, verbatim=("BACKGROUND", "COLOR"))
 
     def need(cond: bool, name: str, what: str) -> None:
         if not cond:
@@ -171,17 +141,17 @@ def parse_args(argv: list[str]) -> dict:
     if cfg["SOURCE"] is None:
         raise ConfigError(f"SOURCE is required: a video file, a glob of images or a camera index; {USAGE}")
     t = cfg["MASK_THRESHOLD"]
-    need(t is None or (_number(t) and 0 < t < 1), "MASK_THRESHOLD", "expected a number strictly between 0 and 1, or null")
+    need(t is None or (is_number(t) and 0 < t < 1), "MASK_THRESHOLD", "expected a number strictly between 0 and 1, or null")
     s = cfg["INPUT_SIZE"]
     need(s is None or s == _AUTO or (_is_int(s) and s >= 1), "INPUT_SIZE", "expected auto, null or a positive integer")
     need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
     need(cfg["STYLE"] in ("overlay", "fade", "cutout"), "STYLE", "expected overlay, fade or cutout")
     sm = cfg["SMOOTH"]
-    need(_number(sm) and 0 <= sm < 1, "SMOOTH", "expected a number in [0, 1) (0: off; e.g. 0.5)")
+    need(is_number(sm) and 0 <= sm < 1, "SMOOTH", "expected a number in [0, 1) (0: off; e.g. 0.5)")
     mf = cfg["MAX_FRAMES"]
     need(mf is None or (_is_int(mf) and mf >= 1), "MAX_FRAMES", "expected null or an integer >= 1")
     fps = cfg["FPS"]
-    need(fps is None or (_number(fps) and 0 < fps <= 1000), "FPS", "expected null or a frame rate in (0, 1000]")
+    need(fps is None or (is_number(fps) and 0 < fps <= 1000), "FPS", "expected null or a frame rate in (0, 1000]")
     for name in ("SHOW", "PROGRESS"):
         need(isinstance(cfg[name], bool), name, "expected true or false")
     need(_is_int(cfg["DILATE"]), "DILATE", "expected a whole number of pixels (negative shrinks)")

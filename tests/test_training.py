@@ -42,7 +42,7 @@ from face_segmentation_pytorch.training.data import (
     synthetic_faces,
 )
 from face_segmentation_pytorch.training.losses import face_logit, soft_jaccard_loss
-from face_segmentation_pytorch.training.config import merge_options
+from face_segmentation_pytorch.keys import merge_options
 from face_segmentation_pytorch.training.trainer import TRAIN_KEYS, LRSchedule, build_model, check_train_config
 
 

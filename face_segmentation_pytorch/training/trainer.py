@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, FaceSegmentationError, WeightsError
-from .config import Key, is_int, is_number, merge_options
+from ..keys import Key, is_int, is_number, merge_options
 from .losses import SegmentationLoss, face_logit
 
 __all__ = [

@@ -1,9 +1,9 @@
-"""``KEY=VALUE`` settings for the train and evaluate commands, in the main CLI's style.
+"""``KEY=VALUE`` settings, shared by every command (segment, video, train, evaluate).
 
 Arguments are an omegaconf dot-list (``EPOCHS=20 LR=1e-3``); each command has a
 table of :class:`Key` (default and help line) that ``--help`` prints. The same
 table checks keyword arguments given from Python (``fsp.train(epochs=2)``), so
-the command and the API accept exactly the same settings.
+a command and its API accept exactly the same settings.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import EXIT_STATUSES, ConfigError
+from .errors import EXIT_STATUSES, ConfigError
 
 __all__ = ["Key", "parse_dotlist", "merge_options", "help_text", "is_int", "is_number"]
 
@@ -41,11 +41,19 @@ def _unknown(name: str, keys: Mapping[str, Key]) -> ConfigError:
     return ConfigError(f"unknown key {name!r}{hint}")
 
 
-def parse_dotlist(argv: Sequence[str], keys: Mapping[str, Key], string_keys: Sequence[str], usage: str) -> dict:
+def parse_dotlist(
+    argv: Sequence[str],
+    keys: Mapping[str, Key],
+    string_keys: Sequence[str],
+    usage: str,
+    verbatim: Sequence[str] = (),
+) -> dict:
     """Parse ``KEY=VALUE`` arguments into ``{key: value}`` over the defaults.
 
     Keys in ``string_keys`` (paths, names) keep their text as typed: YAML
-    would read ``~`` as null or an all-digit name as a number.
+    would read ``~`` as null or an all-digit name as a number. Keys in
+    ``verbatim`` (values with commas, such as colours) are taken as text
+    before omegaconf, whose dot-list grammar reads commas as something else.
 
     Raises:
         ConfigError: Not KEY=VALUE, unparsable, or an unknown key (with a suggestion).
@@ -56,11 +64,13 @@ def parse_dotlist(argv: Sequence[str], keys: Mapping[str, Key], string_keys: Seq
     for arg in argv:
         if "=" not in arg:
             raise ConfigError(f"argument {arg!r} is not KEY=VALUE; {usage}")
+    raw = dict(arg.split("=", 1) for arg in argv)
+    listed = [a for a in argv if a.split("=", 1)[0] not in verbatim]
     try:
-        given = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(listed))
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse arguments: {str(e).splitlines()[0]}") from None
-    raw = dict(arg.split("=", 1) for arg in argv)
+    given.update({name: raw[name] for name in verbatim if name in raw})
     cfg = {name: key.default for name, key in keys.items()}
     for name, value in given.items():
         if name not in keys:
