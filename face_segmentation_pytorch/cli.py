@@ -17,6 +17,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, ImageReadError, run_command
@@ -24,7 +25,7 @@ from .keys import Key, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
 
-__all__ = ["main", "parse_args", "KEYS", "collect_inputs"]
+__all__ = ["main", "parse_args", "KEYS", "collect_inputs", "make_segmenter", "plan_run", "Plan", "SEGMENTER_KEYS"]
 
 
 _AUTO = "auto"
@@ -443,13 +444,79 @@ def run(cfg: dict) -> int:
         remove_empty_dirs(created)
 
 
-def _run(cfg: dict, created: list[Path]) -> int:
+#: FaceSegmenter keyword -> command line key (besides the weights name, ``device``
+#: and ``progress``): what every engine passes (``cli._run``, the Ray actors).
+SEGMENTER_KEYS = {
+    "params_dir": "MODEL_PARAMS_DIR",
+    "weights_file": "WEIGHTS_FILE",
+    "input_size": "INPUT_SIZE",
+    "threshold": "MASK_THRESHOLD",
+    "postprocess": "POSTPROCESS",
+    "face_channel": "FACE_CHANNEL",
+    "pre_normalize": "PRE_NORMALIZE",
+    "crop": "CROP",
+    "min_face_score": "MIN_FACE_SCORE",
+    "dilate": "DILATE",
+    "feather": "FEATHER",
+    "precision": "PRECISION",
+    "compile": "COMPILE",
+    "backend": "BACKEND",
+    "url": "WEIGHTS_URL",
+    "sha256": "WEIGHTS_SHA256",
+}
+
+
+def make_segmenter(cfg, device, *, progress: bool, **override):
+    """The :class:`FaceSegmenter` the command line's keys describe.
+
+    Args:
+        cfg: The command line's keys.
+        device: The device to run on (``None``: CUDA when visible, else CPU).
+        progress: Show download progress.
+        override: FaceSegmenter keywords to use instead of the keys' values.
+
+    Raises:
+        ConfigError: A setting the weights or the device reject (face channel,
+            input size, precision), naming the key.
+        WeightsError: The weights cannot be found, downloaded or verified.
+    """
+    from .pipeline.segmenter import FaceSegmenter
+
+    kwargs = {kw: cfg[key] for kw, key in SEGMENTER_KEYS.items() if key in cfg}
+    kwargs.update(override)
+    fc = cfg["FACE_CHANNEL"]
+    try:
+        return FaceSegmenter(cfg["WEIGHTS"], device=device, progress=progress, **kwargs)
+    except ValueError as e:
+        if fc is not None and "face_channel" in str(e):
+            raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
+        if "precision" in str(e):
+            raise ConfigError(f"PRECISION={cfg['PRECISION']}: {e}") from None
+        raise ConfigError(str(e)) from None
+
+
+@dataclass
+class Plan:
+    """What a batch run will do, before any model is loaded (every engine's plan)."""
+
+    out_dir: Path | None
+    images: list[Path]
+    root: Path
+    missing: list[tuple[Path, str]]
+    kinds: list[str]
+    stems: list[Path]
+    todo: list[int]
+    user_boxes: list | None
+
+    @property
+    def skipped(self) -> int:
+        return len(self.images) - len(self.todo)
+
+
+def check_settings(cfg: dict) -> Path | None:
+    """The checks every engine makes first; returns ``OUT_DIR`` as a path."""
     from PIL import Image
 
-    from .pipeline.atomic import save_atomic
-    from .pipeline.imageio import load_image
-    from .pipeline.progress import progress_bar
-    from .pipeline.segmenter import FaceSegmenter
     from .pipeline.weights import get_weights
 
     get_weights(cfg["WEIGHTS"])  # an unknown name is a mistake in the command: say so first
@@ -458,18 +525,21 @@ def _run(cfg: dict, created: list[Path]) -> int:
         raise ConfigError(f"OUT_DIR={out_dir}: is a file; give a folder")
     if cfg["MAX_IMAGE_PIXELS"] is not None:
         Image.MAX_IMAGE_PIXELS = cfg["MAX_IMAGE_PIXELS"]
-    # ONNX Runtime runs on the CPU: without DEVICE it does not pick CUDA.
-    device = _resolve_device(cfg["DEVICE"] if cfg["BACKEND"] != "onnxruntime" else cfg["DEVICE"] or "cpu")
+    return out_dir
+
+
+def plan_run(cfg: dict, out_dir: Path | None, created: list[Path]) -> Plan:
+    """Inputs, output names, the resume rule and the boxes, as every engine uses them."""
     images, root, missing = collect_inputs(cfg["IMGS_DIR"], cfg["RECURSIVE"])
     if out_dir is not None:
         created += _check_writable(out_dir, "OUT_DIR")
     kinds = _output_kinds(cfg)
     stems = _output_stems(images, root, out_dir)
+    # Resumable runs: an image whose outputs all exist is done.
     todo = [
         i for i in range(len(images))
         if cfg["OVERWRITE"] or not all(stems[i].with_name(stems[i].name + k).exists() for k in kinds)
     ]
-    skipped = len(images) - len(todo)
     user_boxes = None
     if cfg["BOXES"] is not None:
         from .pipeline.crop import load_boxes_file
@@ -481,53 +551,49 @@ def _run(cfg: dict, created: list[Path]) -> int:
         user_boxes = [
             table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images
         ]
-    if not todo and not missing:
-        _write_failure_log(cfg, out_dir, root, [])  # clears a log of an earlier run
-        print(
-            f"face_segmentation_pytorch: all {_plural(len(images), 'image')} already have their outputs; "
-            "nothing to do (OVERWRITE=true redoes them)",
-            file=sys.stderr,
-        )
-        return 0
+    return Plan(out_dir, images, root, missing, kinds, stems, todo, user_boxes)
 
-    fc = cfg["FACE_CHANNEL"]
-    try:
-        segmenter = FaceSegmenter(
-            cfg["WEIGHTS"],
-            params_dir=cfg["MODEL_PARAMS_DIR"],
-            weights_file=cfg["WEIGHTS_FILE"],
-            device=device,
-            input_size=cfg["INPUT_SIZE"],
-            threshold=cfg["MASK_THRESHOLD"],
-            postprocess=cfg["POSTPROCESS"],
-            face_channel=fc,
-            pre_normalize=cfg["PRE_NORMALIZE"],
-            crop=cfg["CROP"],
-            min_face_score=cfg["MIN_FACE_SCORE"],
-            dilate=cfg["DILATE"],
-            feather=cfg["FEATHER"],
-            precision=cfg["PRECISION"],
-            compile=cfg["COMPILE"],
-            backend=cfg["BACKEND"],
-            url=cfg["WEIGHTS_URL"],
-            sha256=cfg["WEIGHTS_SHA256"],
-            progress=cfg["PROGRESS"],
-        )
-    except ValueError as e:
-        if fc is not None and "face_channel" in str(e):
-            raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
-        if "precision" in str(e):
-            raise ConfigError(f"PRECISION={cfg['PRECISION']}: {e}") from None
-        raise ConfigError(str(e)) from None
+
+def nothing_to_do(cfg: dict, plan: Plan) -> bool:
+    """When every image already has its outputs: clear an old failure log, say so."""
+    if plan.todo or plan.missing:
+        return False
+    _write_failure_log(cfg, plan.out_dir, plan.root, [])  # clears a log of an earlier run
     print(
-        f"face_segmentation_pytorch: {_plural(len(images), 'image')} from {cfg['IMGS_DIR']}"
-        + (f", {skipped} already done (OVERWRITE=true redoes them)" if skipped else "")
-        + f"; weights {segmenter.weights_source}, device {device}"
-        + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
-        + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
-        + f", input size {segmenter.input_size or 'native'}",
+        f"face_segmentation_pytorch: all {_plural(len(plan.images), 'image')} already have their outputs; "
+        "nothing to do (OVERWRITE=true redoes them)",
         file=sys.stderr,
     )
+    return True
+
+
+def start_line(cfg: dict, plan: Plan, weights_source, device, input_size) -> str:
+    """The first line a run prints: inputs, weights, device, precision, input size."""
+    return (
+        f"face_segmentation_pytorch: {_plural(len(plan.images), 'image')} from {cfg['IMGS_DIR']}"
+        + (f", {plan.skipped} already done (OVERWRITE=true redoes them)" if plan.skipped else "")
+        + f"; weights {weights_source}, device {device}"
+        + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
+        + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
+        + f", input size {input_size or 'native'}"
+    )
+
+
+def _run(cfg: dict, created: list[Path]) -> int:
+    from .pipeline.atomic import save_atomic
+    from .pipeline.imageio import load_image
+    from .pipeline.progress import progress_bar
+
+    out_dir = check_settings(cfg)
+    # ONNX Runtime runs on the CPU: without DEVICE it does not pick CUDA.
+    device = _resolve_device(cfg["DEVICE"] if cfg["BACKEND"] != "onnxruntime" else cfg["DEVICE"] or "cpu")
+    plan = plan_run(cfg, out_dir, created)
+    if nothing_to_do(cfg, plan):
+        return 0
+    images, root, missing, kinds, stems = plan.images, plan.root, plan.missing, plan.kinds, plan.stems
+    todo, skipped, user_boxes = plan.todo, plan.skipped, plan.user_boxes
+    segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"])
+    print(start_line(cfg, plan, segmenter.weights_source, device, segmenter.input_size), file=sys.stderr)
 
     cropping = cfg["CROP"] is not None or user_boxes is not None
     no_face: list[Path] = []

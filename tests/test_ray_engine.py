@@ -136,23 +136,22 @@ def test_ray_keys_parse():
 
 
 def test_segmenter_is_built_from_the_same_keys_as_cli_run():
-    """The actors build their FaceSegmenter as cli._run does: read _run's call and compare.
-
-    A keyword added to cli._run's FaceSegmenter(...) fails this test until
-    ray_engine.SEGMENTER_KEYS passes it too.
-    """
+    """The actors build their FaceSegmenter as cli._run does: through the one
+    cli.make_segmenter, whose keyword table names real FaceSegmenter
+    parameters and real command line keys."""
     tree = ast.parse(inspect.getsource(cli._run))
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "FaceSegmenter"]
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "make_segmenter"]
     assert len(calls) == 1
-    passed = {}
-    for kw in calls[0].keywords:
-        v = kw.value
-        if isinstance(v, ast.Subscript) and getattr(v.value, "id", None) == "cfg":
-            passed[kw.arg] = v.slice.value
-        elif kw.arg == "face_channel":  # fc = cfg["FACE_CHANNEL"]
-            passed[kw.arg] = "FACE_CHANNEL"
-    passed.pop("progress")  # the actors never show download progress
-    assert passed == ray_engine.SEGMENTER_KEYS
+    assert ray_engine.make_segmenter is cli.make_segmenter
+    assert ray_engine.SEGMENTER_KEYS is cli.SEGMENTER_KEYS
+    from face_segmentation_pytorch import FaceSegmenter
+
+    params = set(inspect.signature(FaceSegmenter).parameters)
+    assert set(cli.SEGMENTER_KEYS) <= params
+    assert set(cli.SEGMENTER_KEYS.values()) <= set(cli.KEYS)
+    # Every FaceSegmenter setting the CLI has a key for is passed.
+    unpassed = params - set(cli.SEGMENTER_KEYS) - {"model", "device", "progress", "channels_last"}
+    assert not unpassed, unpassed
 
 
 def test_every_key_is_honoured_by_the_ray_engine():

@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..cli import SEGMENTER_KEYS, make_segmenter, start_line  # one segmenter, as ENGINE=local builds it
 from ..errors import ConfigError, ImageReadError
 
 __all__ = [
@@ -173,30 +174,6 @@ def _settings(settings: Mapping[str, object] | None) -> dict:
     return cfg
 
 
-#: FaceSegmenter keyword -> command line key, as ``cli._run`` passes them
-#: (besides the weights name, ``device`` and ``progress``). A test reads
-#: ``cli._run``'s call and fails when the two differ, so a key added there is
-#: added here.
-SEGMENTER_KEYS = {
-    "params_dir": "MODEL_PARAMS_DIR",
-    "weights_file": "WEIGHTS_FILE",
-    "input_size": "INPUT_SIZE",
-    "threshold": "MASK_THRESHOLD",
-    "postprocess": "POSTPROCESS",
-    "face_channel": "FACE_CHANNEL",
-    "pre_normalize": "PRE_NORMALIZE",
-    "crop": "CROP",
-    "min_face_score": "MIN_FACE_SCORE",
-    "dilate": "DILATE",
-    "feather": "FEATHER",
-    "precision": "PRECISION",
-    "compile": "COMPILE",
-    "backend": "BACKEND",
-    "url": "WEIGHTS_URL",
-    "sha256": "WEIGHTS_SHA256",
-}
-
-
 #: The command line's keys ``ENGINE=ray`` honours: the segmenter's, and those the
 #: driver (inputs, outputs, report) or the actors (WORKERS, MAX_IMAGE_PIXELS)
 #: use as ``cli._run`` does. A test fails on a key missing here, so a new
@@ -206,35 +183,6 @@ HANDLED_KEYS = frozenset(SEGMENTER_KEYS.values()) | {
     "GALLERY", "BOXES", "PER_FACE", "RECURSIVE", "OVERWRITE", "FAILURE_LOG", "WORKERS", "MAX_IMAGE_PIXELS",
     "PROGRESS", "ENGINE", "RAY_ADDRESS", "RAY_NUM_ACTORS", "RAY_GPUS_PER_ACTOR",
 }
-
-
-def make_segmenter(cfg: Mapping[str, object], device, *, progress: bool, **override):
-    """Build the :class:`FaceSegmenter` that ``cli._run`` builds for the same keys.
-
-    Args:
-        cfg: The command line's keys.
-        device: The device to run on (``None``: CUDA when visible, else CPU).
-        progress: Show download progress.
-        override: FaceSegmenter keywords to use instead of the keys' values.
-
-    Raises:
-        ConfigError: A setting the weights or the device reject (face channel,
-            input size, precision), with ``cli._run``'s wording.
-        WeightsError: The weights cannot be found, downloaded or verified.
-    """
-    from .segmenter import FaceSegmenter
-
-    kwargs = {kw: cfg[key] for kw, key in SEGMENTER_KEYS.items() if key in cfg}
-    kwargs.update(override)
-    fc = cfg["FACE_CHANNEL"]
-    try:
-        return FaceSegmenter(cfg["WEIGHTS"], device=device, progress=progress, **kwargs)
-    except ValueError as e:
-        if fc is not None and "face_channel" in str(e):
-            raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
-        if "precision" in str(e):
-            raise ConfigError(f"PRECISION={cfg['PRECISION']}: {e}") from None
-        raise ConfigError(str(e)) from None
 
 
 def _load_bytes(data: bytes, name: str):
@@ -696,49 +644,20 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
         created: Folders this run creates are appended (``cli.run`` removes
             them again when they stay empty).
     """
-    from PIL import Image
-
     from .. import cli
     from .progress import progress_bar
-    from .weights import get_weights
 
     ray = _import_ray()
     gpus_per_actor = float(cfg["RAY_GPUS_PER_ACTOR"] or 0)
-    get_weights(cfg["WEIGHTS"])  # an unknown name is a mistake in the command: say so first
-    out_dir = Path(cfg["OUT_DIR"]).expanduser() if cfg["OUT_DIR"] else None
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"OUT_DIR={out_dir}: is a file; give a folder")
-    if cfg["MAX_IMAGE_PIXELS"] is not None:
-        Image.MAX_IMAGE_PIXELS = cfg["MAX_IMAGE_PIXELS"]
+    out_dir = cli.check_settings(cfg)
     device = _check_device(cfg, gpus_per_actor)
     if cfg["RAY_ADDRESS"] is not None:
         _check_address(cfg["RAY_ADDRESS"])  # before any work: a wrong address is a typo to fix
-    images, root, missing = cli.collect_inputs(cfg["IMGS_DIR"], cfg["RECURSIVE"])
-    if out_dir is not None:
-        created += cli._check_writable(out_dir, "OUT_DIR")
-    kinds = cli._output_kinds(cfg)
-    stems = cli._output_stems(images, root, out_dir)
-    # The resume rule of cli._run: an image whose outputs all exist is done.
-    todo = [
-        i for i in range(len(images))
-        if cfg["OVERWRITE"] or not all(stems[i].with_name(stems[i].name + k).exists() for k in kinds)
-    ]
-    skipped = len(images) - len(todo)
-    user_boxes = None
-    if cfg["BOXES"] is not None:
-        from .crop import load_boxes_file
-
-        table = load_boxes_file(Path(cfg["BOXES"]).expanduser())
-        missing_entry = None if cfg["CROP"] else []  # as cli._run: detect, or no face
-        user_boxes = [table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images]
-    if not todo and not missing:
-        cli._write_failure_log(cfg, out_dir, root, [])  # clears a log of an earlier run
-        print(
-            f"face_segmentation_pytorch: all {cli._plural(len(images), 'image')} already have their outputs; "
-            "nothing to do (OVERWRITE=true redoes them)",
-            file=sys.stderr,
-        )
+    plan = cli.plan_run(cfg, out_dir, created)  # the same plan and resume rule as ENGINE=local
+    if cli.nothing_to_do(cfg, plan):
         return 0
+    images, root, missing, kinds, stems = plan.images, plan.root, plan.missing, plan.kinds, plan.stems
+    todo, skipped, user_boxes = plan.todo, plan.skipped, plan.user_boxes
 
     # Built once on the driver, on the CPU, before Ray starts: a wrong
     # setting or missing weights end here with the local engine's message and
@@ -755,16 +674,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
     for key in ("MODEL_PARAMS_DIR", "WEIGHTS_FILE"):
         if settings.get(key):
             settings[key] = os.path.abspath(os.path.expanduser(settings[key]))
-    print(
-        f"face_segmentation_pytorch: {cli._plural(len(images), 'image')} from {cfg['IMGS_DIR']}"
-        + (f", {skipped} already done (OVERWRITE=true redoes them)" if skipped else "")
-        + f"; weights {weights_source}, device {device}"
-        + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
-        + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
-        + f", input size {input_size or 'native'}",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(start_line(cfg, plan, weights_source, device, input_size), file=sys.stderr, flush=True)
 
     cropping = cfg["CROP"] is not None or user_boxes is not None
     failures: list[tuple[Path, str, str]] = [(p, "read", r) for p, r in missing]
