@@ -11,37 +11,52 @@ import torch
 from ..models.fcn8s import FaceSegmentationNet
 from .preprocess import image_to_input, resize_pmap
 
-__all__ = ["predict_pmaps", "run_inputs", "pmap_to_uint8", "pmap_to_mask"]
+__all__ = ["predict_pmaps", "run_inputs", "start_inputs", "PendingMaps", "pmap_to_uint8", "pmap_to_mask"]
 
 _DEFAULT = "default"
 
 
+class PendingMaps:
+    """Maps whose computation has been launched; :meth:`result` waits for them.
+
+    On CUDA the forward passes, the resize back and the copy to the host are
+    queued on the device and this object holds the event that marks their
+    end, so the caller can prepare the next batch (or launch it) while this
+    one computes. On the CPU everything has run by the time it exists.
+    """
+
+    def __init__(self, host: torch.Tensor, pieces: list[tuple[int, tuple[int, int]]], event=None) -> None:
+        self._host, self._pieces, self._event = host, pieces, event
+
+    def result(self) -> list[torch.Tensor]:
+        """One float32 ``(H, W)`` CPU tensor per input (views of one host buffer)."""
+        if self._event is not None:
+            self._event.synchronize()
+        return [self._host[o : o + h * w].view(h, w) for o, (h, w) in self._pieces]
+
+
 @torch.inference_mode()
-def run_inputs(
+def start_inputs(
     forward: Callable[[torch.Tensor], torch.Tensor],
     inputs: Sequence[torch.Tensor],
     sizes: Sequence[tuple[int, int]],
     valid: Sequence[tuple[int, int] | None] | None = None,
-) -> list[torch.Tensor]:
-    """Run prepared ``(3, h, w)`` inputs and bring each map to its ``sizes`` entry.
-
-    Inputs that share a shape run as one batch through ``forward``, which
-    maps an ``(N, 3, h, w)`` CPU batch to ``(N, h, w)`` face probabilities
-    (the network on its device, or another backend). Where ``valid`` gives
-    an ``(h, w)`` for an input, its map is cropped to that top-left part (the
-    rest was padding) before resizing.
-
-    Returns:
-        One float32 ``(H, W)`` CPU tensor in ``[0, 1]`` per input.
-    """
+    *,
+    to_batch: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
+    multiple: int = 1,
+) -> PendingMaps:
+    """Launch :func:`run_inputs`' work and return without waiting for it."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, x in enumerate(inputs):
-        groups.setdefault(tuple(x.shape), []).append(i)
-    out: list[torch.Tensor | None] = [None] * len(inputs)
+        *lead, h, w = x.shape
+        # Inputs that pad to the same shape run as one batch.
+        groups.setdefault((*lead, h + -h % multiple, w + -w % multiple), []).append(i)
+    stack = to_batch or torch.stack
+    resized: list[torch.Tensor | None] = [None] * len(inputs)
     for idx in groups.values():
-        pmaps = _forward_splitting(forward, torch.stack([inputs[i] for i in idx]))
+        pmaps = _forward_splitting(forward, stack([inputs[i] for i in idx]))
         # Maps bound for the same size (and crop) are resized as one batch on
-        # the forward's device and copied to the host once, not one by one.
+        # the forward's device.
         same: dict[tuple, list[int]] = {}
         for j, i in enumerate(idx):
             crop = valid[i] if valid is not None else None
@@ -50,10 +65,49 @@ def run_inputs(
             maps = pmaps[js]
             if crop is not None:
                 maps = maps[:, : crop[0], : crop[1]]
-            resized = resize_pmap(maps, size).cpu()
+            out = resize_pmap(maps, size)
             for k, j in enumerate(js):
-                out[idx[j]] = resized[k]
-    return out  # type: ignore[return-value]
+                resized[idx[j]] = out[k]
+    # One copy to the host for the whole batch: every map, flattened, in one
+    # buffer (pinned on CUDA, so the copy is asynchronous).
+    flat = torch.cat([m.reshape(-1) for m in resized]) if resized else torch.zeros(0)
+    pieces, offset = [], 0
+    for m in resized:
+        pieces.append((offset, (int(m.shape[0]), int(m.shape[1]))))
+        offset += m.numel()
+    if flat.device.type == "cuda":
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return PendingMaps(host, pieces, event)
+    return PendingMaps(flat.cpu(), pieces)
+
+
+def run_inputs(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    sizes: Sequence[tuple[int, int]],
+    valid: Sequence[tuple[int, int] | None] | None = None,
+    *,
+    to_batch: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
+    multiple: int = 1,
+) -> list[torch.Tensor]:
+    """Run prepared ``(3, h, w)`` inputs and bring each map to its ``sizes`` entry.
+
+    Inputs that share a shape (after padding to ``multiple``) run as one
+    batch: ``to_batch`` turns their list into the batch ``forward`` takes
+    (default: ``torch.stack``; the segmenter's copies uint8 inputs to the
+    device, normalises and pads them there), and ``forward`` maps that batch
+    to ``(N, h, w)`` face probabilities (the network on its device, or
+    another backend). Where ``valid`` gives an ``(h, w)`` for an input, its
+    map is cropped to that top-left part (the rest was padding) before
+    resizing. The maps of all inputs come to the host in one copy.
+
+    Returns:
+        One float32 ``(H, W)`` CPU tensor in ``[0, 1]`` per input.
+    """
+    return start_inputs(forward, inputs, sizes, valid, to_batch=to_batch, multiple=multiple).result()
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

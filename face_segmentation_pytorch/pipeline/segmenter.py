@@ -22,8 +22,9 @@ from torch import nn
 
 from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from .imageio import as_rgb_image, load_image
-from .inference import run_inputs
-from .preprocess import prepare_input
+from .families import Preprocessing
+from .inference import PendingMaps, start_inputs
+from .preprocess import normalize_inputs, prepare_uint8
 from .postprocess import apply_steps, check_px, parse_steps
 from .precision import check_precision, precision_dtype, precision_scope
 from .postprocess import dilate as grow_mask
@@ -38,7 +39,7 @@ from .weights import (
     weights_for,
 )
 
-__all__ = ["FaceSegmenter", "Prepared", "Segmentation", "resolve_device"]
+__all__ = ["FaceSegmenter", "Prepared", "Preparer", "Assembler", "Segmentation", "resolve_device"]
 
 _AUTO = "auto"
 
@@ -110,21 +111,185 @@ class Prepared:
     """An image made ready for the network by :meth:`FaceSegmenter.prepare`.
 
     Attributes:
-        image: The RGB image.
+        image: The RGB image (``None`` once a worker process has sent it on
+            without it: the writer reads it again only where an output needs it).
         path: Where it came from, if known.
-        inputs: ``(3, h, w)`` network inputs: the whole image, or one per face.
+        inputs: ``(3, h, w)`` uint8 network inputs, resized and in the
+            network's channel order (:func:`.preprocess.prepare_uint8`): the
+            whole image, or one per face. The mean, scaling and padding are
+            applied on the network's device, per batch.
         sizes: ``(height, width)`` each input's map is brought back to.
         faces: ``None`` for a whole-image run, else the faces (possibly none).
         valid: Per input, the ``(h, w)`` of its map that is not padding
             (``None``: all of it).
+        image_size: ``(height, width)`` of the image.
     """
 
-    image: Image.Image = field(repr=False)
+    image: Image.Image | None = field(repr=False)
     path: Path | None
     inputs: list[torch.Tensor] = field(repr=False)
     sizes: list[tuple[int, int]]
     faces: list[Face] | None
     valid: list[tuple[int, int] | None] | None = None
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size is None and self.image is not None:
+            self.image_size = (self.image.height, self.image.width)
+
+
+@dataclass
+class Preparer:
+    """Everything before the network for one image: face detection or given
+    boxes, crops, resizing, channel order (:meth:`prepare`).
+
+    It holds no network, so it can be pickled into worker processes; it is
+    thread-safe (each thread builds its own detector, as OpenCV DNN nets are
+    not to be shared between threads).
+
+    Attributes:
+        preprocessing: The weights entry's :class:`~.families.Preprocessing`.
+        input_size: Side or ``(h, w)`` to resize to; ``None``: native size.
+        size_multiple: Input sides the network needs multiples of (native size
+            is padded to them on the device).
+        crop: ``None``, ``"faces"`` (a detector per thread) or a
+            :class:`FaceDetector` object (shared behind a lock; not for processes).
+        min_face_score: Detector cut-off for ``crop="faces"``.
+    """
+
+    preprocessing: Preprocessing
+    input_size: int | tuple[int, int] | None
+    size_multiple: int = 1
+    crop: str | FaceDetector | None = None
+    min_face_score: float = DEFAULT_MIN_FACE_SCORE
+
+    def __post_init__(self) -> None:
+        if self.crop not in (None, "faces") and not isinstance(self.crop, FaceDetector):
+            raise ValueError(f"crop must be None, 'faces' or a FaceDetector, got {self.crop!r}")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        if isinstance(self.crop, FaceDetector):
+            raise ValueError(
+                "a FaceDetector object cannot be sent to worker processes; use crop='faces' "
+                "(each process builds its own) or the thread pipeline"
+            )
+        state = dict(self.__dict__)
+        del state["_local"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def detector(self) -> FaceDetector | None:
+        """This thread's detector (``None`` without cropping)."""
+        if self.crop is None:
+            return None
+        if isinstance(self.crop, FaceDetector):
+            return self.crop
+        det = getattr(self._local, "detector", None)
+        if det is None:
+            det = self._local.detector = FaceDetector(min_score=self.min_face_score)
+        return det
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        if isinstance(self.crop, FaceDetector):  # a detector object given by the caller
+            with self._lock:
+                return self.crop.detect(rgb)
+        return self.detector().detect(rgb)
+
+    def _input(self, img) -> torch.Tensor:
+        return prepare_uint8(img, self.preprocessing, size=self.input_size)
+
+    def _valid(self, img_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The unpadded part of an input's map, for an image (or crop) of ``img_hw``."""
+        if self.input_size is not None or self.size_multiple == 1:
+            return None
+        return img_hw
+
+    def prepare(
+        self,
+        image: Image.Image | np.ndarray,
+        path: Path | None = None,
+        boxes: Sequence[tuple[int, int, int, int]] | None = None,
+    ) -> Prepared:
+        """See :meth:`FaceSegmenter.prepare`."""
+        # One conversion for every path (whole image, boxes, detected faces),
+        # so an L, RGBA or 16-bit image is cropped as its RGB version.
+        pil = as_rgb_image(image)
+        if self.crop is None and boxes is None:
+            hw = (pil.height, pil.width)
+            return Prepared(pil, path, [self._input(pil)], [hw], None, [self._valid(hw)])
+        rgb = np.asarray(pil)
+        if boxes is not None:
+            faces = [Face(_clip_box(b, rgb.shape[1], rgb.shape[0])) for b in boxes]
+            faces = [f for f in faces if f.box[2] > 0 and f.box[3] > 0]
+        else:  # no boxes, so there is a detector (see the return above)
+            faces = self._detect(rgb)
+        inputs = [self._input(rgb[y : y + h, x : x + w]) for x, y, w, h in (f.box for f in faces)]
+        sizes = [(f.box[3], f.box[2]) for f in faces]
+        return Prepared(pil, path, inputs, sizes, faces, [self._valid(hw) for hw in sizes])
+
+
+@dataclass
+class Assembler:
+    """Everything after the network for one image: thresholding, post-processing,
+    dilation, feathering and, with cropping, pasting the faces back (:meth:`assemble`).
+
+    Holds no network, so it can be pickled into worker processes.
+    """
+
+    threshold: float | None
+    steps: list = field(default_factory=list)
+    dilate: int = 0
+    feather: int = 0
+
+    def assemble(self, p: Prepared, maps: Sequence[np.ndarray]) -> Segmentation:
+        """The :class:`Segmentation` of prepared image ``p`` from its inputs' maps.
+
+        With cropping, each face is thresholded and post-processed on its own
+        (so ``largest`` keeps one region per face), and the results are pasted
+        into full-size maps: the probability is the maximum over faces and 0
+        elsewhere, the mask the union.
+        """
+        maps = iter(maps)
+        if p.faces is None:
+            pmap = next(maps)
+            mask = None
+            if self.threshold is not None:
+                mask = apply_steps(pmap > self.threshold, self.steps)
+                if self.dilate:  # after the steps, in the image's own pixels
+                    mask = grow_mask(mask, self.dilate)
+            return Segmentation(pmap, mask, p.image, p.path, alpha=self._alpha(mask), feather=self.feather)
+        full = np.zeros(p.image_size, np.float32)
+        union = None if self.threshold is None else np.zeros(full.shape, bool)
+        face_masks = None if self.threshold is None else []
+        for face in p.faces:
+            x, y, w, h = face.box
+            pmap = next(maps)
+            region = full[y : y + h, x : x + w]
+            np.maximum(region, pmap, out=region)
+            if union is not None:
+                m = apply_steps(pmap > self.threshold, self.steps)
+                if self.dilate:
+                    # Grown in the full image's pixels, so it may pass its crop box.
+                    whole = np.zeros(full.shape, bool)
+                    whole[y : y + h, x : x + w] = m
+                    m = grow_mask(whole, self.dilate)
+                    union |= m
+                else:
+                    union[y : y + h, x : x + w] |= m
+                face_masks.append(m)
+        return Segmentation(
+            full, union, p.image, p.path, p.faces, face_masks, alpha=self._alpha(union), feather=self.feather
+        )
+
+    def _alpha(self, mask: np.ndarray | None) -> np.ndarray | None:
+        # Feathered once on the joined mask, so touching faces get no seam.
+        return feather_mask(mask, self.feather) if self.feather and mask is not None else None
 
 
 class FaceSegmenter:
@@ -223,22 +388,10 @@ class FaceSegmenter:
         if backend == "onnxruntime" and precision != "fp32":
             raise ValueError(f"precision {precision} applies to the torch backend; ONNX Runtime runs fp32")
         self.precision = precision
-        # prepare() may run in several threads; OpenCV DNN nets are not to be
-        # shared between threads, so each thread builds its own detector.
-        self._local = threading.local()
-        self._detector_lock = threading.Lock()
-        self._make_detector = None
-        if crop is None:
-            self.detector = None
-        elif isinstance(crop, FaceDetector):
-            self.detector = crop
-            self._make_detector = None
-        elif crop == "faces":
-            self.detector = FaceDetector(min_score=min_face_score)  # fails early without the extra
-            self._make_detector = lambda: FaceDetector(min_score=min_face_score)
-            self._local.detector = self.detector
-        else:
+        if crop not in (None, "faces") and not isinstance(crop, FaceDetector):
             raise ValueError(f"crop must be None, 'faces' or a FaceDetector, got {crop!r}")
+        # Built here so a missing [crop] extra fails early; other threads build their own.
+        first_detector = FaceDetector(min_score=min_face_score) if crop == "faces" else None
         if isinstance(model, nn.Module):
             if weights_file is not None:
                 raise ValueError("weights_file applies to a weights entry name, not to a model object")
@@ -274,6 +427,12 @@ class FaceSegmenter:
         self.threshold = threshold
         self.face_channel = face_channel
         self.pre_normalize = pre_normalize
+        #: Before and after the network: no weights in either, so a pipeline
+        #: may run them in worker threads or processes.
+        self.preparer = Preparer(self.preprocessing, self.input_size, m, crop, min_face_score)
+        self.assembler = Assembler(threshold, self.steps, self.dilate, self.feather)
+        if first_detector is not None:
+            self.preparer._local.detector = first_detector
         self.backend = backend
         self.progress = progress
         if backend == "onnxruntime":
@@ -408,17 +567,31 @@ class FaceSegmenter:
 
         return forward
 
-    def _detect(self, rgb: np.ndarray) -> list[Face]:
-        if self._make_detector is None:  # a detector object given by the caller
-            with self._detector_lock:
-                return self.detector.detect(rgb)
-        det = getattr(self._local, "detector", None)
-        if det is None:
-            det = self._local.detector = self._make_detector()
-        return det.detect(rgb)
+    @property
+    def detector(self) -> FaceDetector | None:
+        """The face detector (this thread's), or ``None`` without cropping."""
+        return self.preparer.detector()
 
-    def _input(self, img) -> torch.Tensor:
-        x = prepare_input(img, self.preprocessing, size=self.input_size, pre_normalize=self.pre_normalize)
+    def _to_batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 inputs (one padded shape) -> the normalised float batch on the device.
+
+        On CUDA the uint8 tensors go over in one copy from pinned host memory
+        (4x less than float32, and asynchronous); the mean, scaling and padding
+        run there. Every step is elementwise, so the values equal the CPU's.
+        """
+        if self.device.type == "cuda":
+            sizes = [x.numel() for x in inputs]
+            host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)
+            torch.cat([x.reshape(-1) for x in inputs], out=host)
+            flat = host.to(self.device, non_blocking=True)
+            inputs = [piece.view(x.shape) for piece, x in zip(flat.split(sizes), inputs)]
+        if len({tuple(x.shape) for x in inputs}) == 1:
+            return self._pad(normalize_inputs(torch.stack(inputs), self.preprocessing, pre_normalize=self.pre_normalize))
+        return torch.stack(
+            [self._pad(normalize_inputs(x, self.preprocessing, pre_normalize=self.pre_normalize)) for x in inputs]
+        )
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
         m = self.family.size_multiple
         h, w = x.shape[-2:]
         if h % m or w % m:
@@ -428,12 +601,6 @@ class FaceSegmenter:
             x = F.pad(x, (0, -w % m, 0, -h % m))
         return x
 
-    def _valid(self, img_hw: tuple[int, int]) -> tuple[int, int] | None:
-        """The unpadded part of an input's map, for an image (or crop) of ``img_hw``."""
-        if self.input_size is not None or self.family.size_multiple == 1:
-            return None
-        return img_hw
-
     def prepare(
         self,
         image: Image.Image | np.ndarray,
@@ -441,78 +608,40 @@ class FaceSegmenter:
         boxes: Sequence[tuple[int, int, int, int]] | None = None,
     ) -> Prepared:
         """Everything before the network for one image: face detection or the
-        given boxes, crops, resizing and mean subtraction. Thread-safe, so a
-        pipeline can run it in worker threads while :meth:`run` computes."""
-        # One conversion for every path (whole image, boxes, detected faces),
-        # so an L, RGBA or 16-bit image is cropped as its RGB version.
-        pil = as_rgb_image(image)
-        if self.detector is None and boxes is None:
-            hw = (pil.height, pil.width)
-            return Prepared(pil, path, [self._input(pil)], [hw], None, [self._valid(hw)])
-        rgb = np.asarray(pil)
-        if boxes is not None:
-            faces = [Face(_clip_box(b, rgb.shape[1], rgb.shape[0])) for b in boxes]
-            faces = [f for f in faces if f.box[2] > 0 and f.box[3] > 0]
-        else:  # no boxes, so there is a detector (see the return above)
-            faces = self._detect(rgb)
-        inputs = [self._input(rgb[y : y + h, x : x + w]) for x, y, w, h in (f.box for f in faces)]
-        sizes = [(f.box[3], f.box[2]) for f in faces]
-        return Prepared(pil, path, inputs, sizes, faces, [self._valid(hw) for hw in sizes])
+        given boxes, crops, resizing and channel order (:class:`Preparer`).
+        Thread-safe, so a pipeline can run it in worker threads while
+        :meth:`run` computes; :attr:`preparer` does the same in processes."""
+        return self.preparer.prepare(image, path, boxes)
+
+    def start(self, prepared: Sequence[Prepared]) -> PendingMaps:
+        """Launch the network on prepared images (all their inputs in one batch
+        where shapes allow) and return at once; ``.result()`` waits and gives
+        each input's map at its size, in order (on CUDA this overlaps the next
+        batch's preparation with this one's computation)."""
+        inputs = [x for p in prepared for x in p.inputs]
+        sizes = [sz for p in prepared for sz in p.sizes]
+        valid = [v for p in prepared for v in (p.valid or [None] * len(p.inputs))]
+        return start_inputs(
+            self._forward, inputs, sizes, valid, to_batch=self._to_batch, multiple=self.family.size_multiple
+        )
+
+    @staticmethod
+    def split_maps(prepared: Sequence[Prepared], maps: Sequence[torch.Tensor]) -> list[list[np.ndarray]]:
+        """The flat list of maps from :meth:`start` cut per prepared image, as arrays."""
+        it = iter(maps)
+        return [[next(it).numpy() for _ in p.inputs] for p in prepared]
 
     def run(self, prepared: Sequence[Prepared]) -> list[Segmentation]:
         """Run the network on prepared images (all their inputs in one batch
-        where shapes allow) and assemble full-size maps and masks.
+        where shapes allow) and assemble full-size maps and masks (:class:`Assembler`).
 
         With cropping, each face is thresholded and post-processed on its own
         (so ``largest`` keeps one region per face), and the results are pasted
         into full-size maps: the probability is the maximum over faces and 0
         elsewhere, the mask the union.
         """
-        inputs = [x for p in prepared for x in p.inputs]
-        sizes = [sz for p in prepared for sz in p.sizes]
-        valid = [v for p in prepared for v in (p.valid or [None] * len(p.inputs))]
-        maps = iter(run_inputs(self._forward, inputs, sizes, valid) if inputs else [])
-        out = []
-        for p in prepared:
-            if p.faces is None:
-                pmap = next(maps).numpy()
-                mask = None
-                if self.threshold is not None:
-                    mask = apply_steps(pmap > self.threshold, self.steps)
-                    if self.dilate:  # after the steps, in the image's own pixels
-                        mask = grow_mask(mask, self.dilate)
-                out.append(Segmentation(pmap, mask, p.image, p.path, alpha=self._alpha(mask), feather=self.feather))
-                continue
-            full = np.zeros((p.image.height, p.image.width), np.float32)
-            union = None if self.threshold is None else np.zeros(full.shape, bool)
-            face_masks = None if self.threshold is None else []
-            for face in p.faces:
-                x, y, w, h = face.box
-                pmap = next(maps).numpy()
-                region = full[y : y + h, x : x + w]
-                np.maximum(region, pmap, out=region)
-                if union is not None:
-                    m = apply_steps(pmap > self.threshold, self.steps)
-                    if self.dilate:
-                        # Grown in the full image's pixels, so it may pass its crop box.
-                        whole = np.zeros(full.shape, bool)
-                        whole[y : y + h, x : x + w] = m
-                        m = grow_mask(whole, self.dilate)
-                        union |= m
-                    else:
-                        union[y : y + h, x : x + w] |= m
-                    face_masks.append(m)
-            out.append(
-                Segmentation(
-                    full, union, p.image, p.path, p.faces, face_masks,
-                    alpha=self._alpha(union), feather=self.feather,
-                )
-            )
-        return out
-
-    def _alpha(self, mask: np.ndarray | None) -> np.ndarray | None:
-        # Feathered once on the joined mask, so touching faces get no seam.
-        return feather_mask(mask, self.feather) if self.feather and mask is not None else None
+        per_image = self.split_maps(prepared, self.start(prepared).result())
+        return [self.assembler.assemble(p, maps) for p, maps in zip(prepared, per_image)]
 
     def segment_loaded(
         self,
