@@ -128,7 +128,17 @@ KEYS: dict[str, Key] = {
         f"CSV of failed images (path, stage, reason); auto: {FAILURE_LOG_NAME} in OUT_DIR "
         "(or beside the inputs), written only when something failed; null: none",
     ),
-    "WORKERS": Key(2, "threads that decode and write images while the network runs"),
+    "PIPELINE": Key(
+        "auto",
+        "where images are read and written while the network runs: threads (of this process), "
+        "processes (worker processes: for GPUs, whose speed one process's image work cannot match), "
+        "auto (processes on CUDA, threads on the CPU); outputs are the same",
+    ),
+    "WORKERS": Key(
+        _AUTO,
+        "threads or worker processes that decode and write images; auto: 2 threads, or every core "
+        "but two (at most 16) processes",
+    ),
     "PRE_NORMALIZE": Key(False, "stretch each image to 0..255 first (the original tool does not)"),
     "MAX_IMAGE_PIXELS": Key(None, "raise Pillow's decompression-bomb limit (pixels); null: Pillow's default"),
     "PROGRESS": Key(
@@ -157,7 +167,7 @@ KEYS: dict[str, Key] = {
 _STRING_KEYS = (
     "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL", "WEIGHTS_FILE",
     "WEIGHTS_SHA256", "PRECISION", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES", "BACKEND",
-    "ENGINE", "RAY_ADDRESS",
+    "ENGINE", "RAY_ADDRESS", "PIPELINE",
 )
 
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
@@ -188,7 +198,17 @@ def parse_args(argv: list[str]) -> dict:
     if cfg["IMGS_DIR"] is None:
         raise ConfigError(f"IMGS_DIR is required: give the folder of images, e.g. IMGS_DIR=photos; {USAGE}")
     need(_is_int(cfg["BATCH_SIZE"]) and cfg["BATCH_SIZE"] >= 1, "BATCH_SIZE", "expected an integer >= 1")
-    need(_is_int(cfg["WORKERS"]) and cfg["WORKERS"] >= 1, "WORKERS", "expected an integer >= 1")
+    need(
+        cfg["WORKERS"] == _AUTO or (_is_int(cfg["WORKERS"]) and cfg["WORKERS"] >= 1),
+        "WORKERS",
+        "expected auto or an integer >= 1",
+    )
+    need(cfg["PIPELINE"] in ("auto", "threads", "processes"), "PIPELINE", "expected auto, threads or processes")
+    need(
+        cfg["PIPELINE"] != "processes" or cfg["ENGINE"] == "local",
+        "PIPELINE",
+        "ENGINE=ray's actors are processes already and read in threads; leave PIPELINE out",
+    )
     t = cfg["MASK_THRESHOLD"]
     need(
         t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1),
@@ -581,8 +601,15 @@ def start_line(cfg: dict, plan: Plan, weights_source, device, input_size) -> str
 
 def _run(cfg: dict, created: list[Path]) -> int:
     from .pipeline.atomic import save_atomic
-    from .pipeline.imageio import load_image
     from .pipeline.progress import progress_bar
+    from .pipeline.workers import (
+        BrokenProcessPool,
+        Job,
+        ProcessWorkers,
+        ThreadWorkers,
+        choose_pipeline,
+        default_workers,
+    )
 
     out_dir = check_settings(cfg)
     # ONNX Runtime runs on the CPU: without DEVICE it does not pick CUDA.
@@ -593,104 +620,130 @@ def _run(cfg: dict, created: list[Path]) -> int:
     images, root, missing, kinds, stems = plan.images, plan.root, plan.missing, plan.kinds, plan.stems
     todo, skipped, user_boxes = plan.todo, plan.skipped, plan.user_boxes
     segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"])
-    print(start_line(cfg, plan, segmenter.weights_source, device, segmenter.input_size), file=sys.stderr)
+    pipeline = choose_pipeline(cfg["PIPELINE"], device.type)
+    n_workers = default_workers(pipeline) if cfg["WORKERS"] == _AUTO else cfg["WORKERS"]
+    print(
+        start_line(cfg, plan, segmenter.weights_source, device, segmenter.input_size)
+        + f"; images read and written by {n_workers} worker process{'es' * (n_workers > 1)}" * (pipeline == "processes"),
+        file=sys.stderr,
+    )
 
     cropping = cfg["CROP"] is not None or user_boxes is not None
     no_face: list[Path] = []
     failures: list[tuple[Path, str, str]] = [(p, "read", r) for p, r in missing]
     gallery_rows: list = []
+    gallery_asked = 0
     done = 0
     bs = cfg["BATCH_SIZE"]
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
+    job = Job(
+        segmenter.preparer, segmenter.assembler, kinds, per_face=cfg["PER_FACE"],
+        max_image_pixels=cfg["MAX_IMAGE_PIXELS"],
+    )
+    workers = (ProcessWorkers if pipeline == "processes" else ThreadWorkers)(job, n_workers)
 
-    def read(idx: list[int]):
-        # In a worker thread: decode, detect faces, crop, resize, subtract the mean.
-        out = []
-        for i in idx:
-            try:
-                img = load_image(images[i])
-            except ImageReadError as e:
-                out.append((i, ("read", str(e))))
-                continue
-            try:
-                boxes = user_boxes[i] if user_boxes is not None else None
-                out.append((i, segmenter.prepare(img, images[i], boxes)))
-            except (RuntimeError, ValueError, OSError) as e:
-                out.append((i, ("prepare", _first_line(e))))
-        return out
-
-    def write(i: int, seg) -> None:
-        _write_outputs(seg, stems[i], kinds, per_face=cfg["PER_FACE"])
+    def items(batch: list[int]):
+        return [(i, images[i], user_boxes[i] if user_boxes is not None else None) for i in batch]
 
     interrupted = False
+    broken: str | None = None
+    next_batch = not_started = 0
     start = time.perf_counter()
     bar = progress_bar(len(todo), desc="segmenting", unit="img", enabled=cfg["PROGRESS"])
-    readers = ThreadPoolExecutor(max_workers=cfg["WORKERS"], thread_name_prefix="fsp-read")
-    writers = ThreadPoolExecutor(max_workers=cfg["WORKERS"], thread_name_prefix="fsp-write")
-    reads: deque[Future] = deque()
+    reads: deque[tuple[list[int], Future]] = deque()
     writes: deque[tuple[int, Future]] = deque()
+    launched = None  # (images, their Prepared, PendingMaps): on the device, not yet collected
 
     def finish_writes(limit: int) -> None:
         # Bound the results held in memory; collect write failures in order.
         nonlocal done
         while len(writes) > limit:
-            i, fut = writes.popleft()
-            try:
-                fut.result()
+            i, fut = writes[0]
+            written = fut.result()  # BrokenProcessPool propagates: the run stops
+            writes.popleft()
+            if written.failure is not None:
+                failures.append((images[i], *written.failure))
+            else:
                 done += 1
-            except (OSError, ValueError) as e:
-                failures.append((images[i], "write", _first_line(e)))
+            if written.gallery_row is not None:
+                gallery_rows.append(written.gallery_row)
             bar.update(1)
 
+    def collect(batch) -> None:
+        # The launched batch's maps (waits for the device), then its writes.
+        nonlocal gallery_asked
+        ids, prepared, pending = batch
+        try:
+            per_image = segmenter.split_maps(prepared, pending.result())
+        except (RuntimeError, ValueError) as e:
+            for i in ids:
+                failures.append((images[i], "inference", _first_line(e)))
+                bar.update(1)
+            return
+        for i, p, maps in zip(ids, prepared, per_image):
+            if cropping and not p.faces:
+                no_face.append(images[i])
+            row = bool(cfg["GALLERY"]) and gallery_asked < 16
+            gallery_asked += row
+            writes.append((i, workers.write(stems[i], p, maps, row)))
+        finish_writes(2 * bs * n_workers)
+
     try:
-        # Decoding runs a couple of batches ahead of the forward pass, and
-        # writing behind it, in worker threads.
-        ahead = max(2, cfg["WORKERS"])
-        next_batch = 0
+        # Reading runs a few batches ahead of the network and writing behind
+        # it, in the workers. The device computes batch k while this process
+        # takes batch k+1 from the readers and launches it; only then does it
+        # wait for batch k's maps.
+        ahead = max(2, n_workers)
         while next_batch < len(batches) and len(reads) < ahead:
-            reads.append(readers.submit(read, batches[next_batch]))
+            reads.append((batches[next_batch], workers.read(items(batches[next_batch]))))
             next_batch += 1
-        while reads:
-            loaded = reads.popleft().result()
-            if next_batch < len(batches):
-                reads.append(readers.submit(read, batches[next_batch]))
-                next_batch += 1
-            ok = []
-            for i, item in loaded:
-                if isinstance(item, tuple):
-                    failures.append((images[i], *item))
-                    bar.update(1)
-                else:
-                    ok.append((i, item))
-            if not ok:
-                continue
-            try:
-                results = segmenter.run([prepared for _, prepared in ok])
-            except (RuntimeError, ValueError) as e:
-                for i, _ in ok:
-                    failures.append((images[i], "inference", _first_line(e)))
-                    bar.update(1)
-                continue
-            for (i, _), seg in zip(ok, results):
-                if cropping and not seg.faces:
-                    no_face.append(images[i])
-                if cfg["GALLERY"] and len(gallery_rows) < 16:
-                    gallery_rows.append(_gallery_row(images[i], seg))
-                writes.append((i, writers.submit(write, i, seg)))
-            finish_writes(2 * bs * cfg["WORKERS"])
+        while reads or launched is not None:
+            current = None
+            if reads:
+                loaded = reads[0][1].result()
+                reads.popleft()
+                if next_batch < len(batches):
+                    reads.append((batches[next_batch], workers.read(items(batches[next_batch]))))
+                    next_batch += 1
+                ok = []
+                for i, item in loaded:
+                    if isinstance(item, tuple):
+                        failures.append((images[i], *item))
+                        bar.update(1)
+                    else:
+                        ok.append((i, item))
+                if ok:
+                    try:
+                        prepared = [p for _, p in ok]
+                        current = ([i for i, _ in ok], prepared, segmenter.start(prepared))
+                    except (RuntimeError, ValueError) as e:
+                        for i, _ in ok:
+                            failures.append((images[i], "inference", _first_line(e)))
+                            bar.update(1)
+            if launched is not None:
+                collect(launched)
+            launched = current
         finish_writes(0)
     except KeyboardInterrupt:
         interrupted = True
-        for fut in reads:
+        for _, fut in reads:
             fut.cancel()
         # Writes in flight finish (each is atomic), so what is on disk is whole.
         try:
             finish_writes(0)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, BrokenProcessPool):
             pass
+    except BrokenProcessPool:
+        # A worker process died (killed, out of memory): what is written is
+        # whole; the images in flight are reported and a rerun resumes.
+        broken = "a worker process died unexpectedly (killed, or out of memory?)"
+        in_flight = [i for i, _ in writes] + [i for ids, _ in reads for i in ids]
+        in_flight += launched[0] if launched is not None else []
+        for i in in_flight:
+            failures.append((images[i], "worker", broken))
+        not_started = sum(len(b) for b in batches[next_batch:])
     finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        writers.shutdown(wait=True)
+        workers.shutdown()
         bar.close()
     elapsed = time.perf_counter() - start
 
@@ -721,7 +774,8 @@ def _run(cfg: dict, created: list[Path]) -> int:
         # A rate only where something was processed; "0.00 images/s" says nothing.
         + (f", {done / elapsed:.2f} images/s" if done and elapsed > 0 else "")
         + (f"; failures listed in {log}" if log is not None else "")
-        + ("; run the same command again to resume" if interrupted else "")
+        + (f"; stopped: {broken}, {not_started} images not started" if broken else "")
+        + ("; run the same command again to resume" if interrupted or broken else "")
     )
     print(summary, file=sys.stderr)
     if interrupted:

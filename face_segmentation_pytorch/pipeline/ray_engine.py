@@ -176,12 +176,13 @@ def _settings(settings: Mapping[str, object] | None) -> dict:
 
 #: The command line's keys ``ENGINE=ray`` honours: the segmenter's, and those the
 #: driver (inputs, outputs, report) or the actors (WORKERS, MAX_IMAGE_PIXELS)
-#: use as ``cli._run`` does. A test fails on a key missing here, so a new
+#: use as ``cli._run`` does (PIPELINE: actors are processes already and read in
+#: threads; ``parse_args`` refuses PIPELINE=processes with ENGINE=ray). A test fails on a key missing here, so a new
 #: key is not silently ignored by this engine.
 HANDLED_KEYS = frozenset(SEGMENTER_KEYS.values()) | {
     "IMGS_DIR", "OUT_DIR", "DEVICE", "BATCH_SIZE", "WEIGHTS", "HEATMAP_FORMAT", "OVERLAY", "CUTOUT",
     "GALLERY", "BOXES", "PER_FACE", "RECURSIVE", "OVERWRITE", "FAILURE_LOG", "WORKERS", "MAX_IMAGE_PIXELS",
-    "PROGRESS", "ENGINE", "RAY_ADDRESS", "RAY_NUM_ACTORS", "RAY_GPUS_PER_ACTOR",
+    "PROGRESS", "ENGINE", "RAY_ADDRESS", "RAY_NUM_ACTORS", "RAY_GPUS_PER_ACTOR", "PIPELINE",
 }
 
 
@@ -261,7 +262,8 @@ class SegmentImages:
         self.segmenter = make_segmenter(self.cfg, device, progress=False)
         self.kinds = _output_kinds(self.cfg)
         # Decoding and writing overlap within a batch, as WORKERS threads do locally.
-        self.pool = ThreadPoolExecutor(max_workers=int(self.cfg["WORKERS"]), thread_name_prefix="fsp-ray")
+        workers = 2 if self.cfg["WORKERS"] == "auto" else int(self.cfg["WORKERS"])
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsp-ray")
 
     def _outputs_exist(self, stem: Path) -> bool:
         return all(stem.with_name(stem.name + k).exists() for k in self.kinds)

@@ -578,7 +578,9 @@ class FaceSegmenter:
         On CUDA the uint8 tensors go over in one copy from pinned host memory
         (4x less than float32, and asynchronous); the mean, scaling and padding
         run there. Every step is elementwise, so the values equal the CPU's.
+        Inputs may be arrays (from worker processes) or tensors.
         """
+        inputs = [torch.as_tensor(x) for x in inputs]
         if self.device.type == "cuda":
             sizes = [x.numel() for x in inputs]
             host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)

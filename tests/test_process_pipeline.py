@@ -1,0 +1,299 @@
+"""PIPELINE=processes: images read and written by worker processes.
+
+The same command run with threads and with processes must write the same
+files, byte for byte (the thread pipeline is checked against the Python API
+and the Caffe oracle elsewhere); Ctrl-C, a killed worker and resuming must
+leave only whole files. The uint8 hand-over to the device must give the
+inputs the float path gives.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli import _photo, run_cli
+
+import face_segmentation_pytorch as fsp
+from face_segmentation_pytorch.pipeline.families import Preprocessing
+from face_segmentation_pytorch.pipeline.preprocess import normalize_inputs, prepare_input, prepare_uint8
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    ta, tb = _tree(a), _tree(b)
+    assert sorted(ta) == sorted(tb)
+    different = [name for name in ta if ta[name] != tb[name]]
+    assert not different, different
+
+
+@pytest.fixture()
+def mixed(tmp_path) -> Path:
+    """Images of several sizes and kinds, one broken file, a sub-folder."""
+    d = tmp_path / "mixed"
+    (d / "sub").mkdir(parents=True)
+    _photo(120, 90, 0).save(d / "portrait.jpg")
+    _photo(64, 160, 1).save(d / "wide.png")
+    _photo(64, 160, 2).convert("L").save(d / "grey.png")
+    _photo(90, 90, 3).convert("RGBA").save(d / "sub" / "alpha.png")
+    _photo(33, 47, 4).save(d / "sub" / "odd.webp")
+    (d / "broken.jpg").write_bytes(b"not a jpeg")
+    return d
+
+
+@pytest.mark.parametrize("extra", [
+    ("BATCH_SIZE=3", "OVERLAY=true", "CUTOUT=true", "GALLERY={out}/gallery.png"),
+    ("BATCH_SIZE=2", "MASK_THRESHOLD=0.5", "POSTPROCESS=full", "DILATE=3", "FEATHER=2", "OVERLAY=true",
+     "INPUT_SIZE=null"),
+    ("HEATMAP_FORMAT=npy", "BATCH_SIZE=4"),
+])
+def test_processes_write_what_threads_write(tmp_path, mixed, slim_weights_dir, extra):
+    runs = {}
+    for pipeline in ("threads", "processes"):
+        out = tmp_path / pipeline
+        args = [a.format(out=out) for a in extra]
+        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={mixed}", f"OUT_DIR={out}",
+                       "RECURSIVE=true", f"PIPELINE={pipeline}", "WORKERS=2", "PROGRESS=false", *args)
+        assert proc.returncode == 1, proc.stderr  # the broken file
+        assert "5 images done, 1 failed" in proc.stderr.splitlines()[-1]
+        runs[pipeline] = proc.stderr
+    assert "worker processes" in runs["processes"] and "worker processes" not in runs["threads"]
+    _same_outputs(tmp_path / "threads", tmp_path / "processes")
+    rows = list(csv.reader(open(tmp_path / "processes" / "face_segmentation_failures.csv")))
+    assert rows[1][0].endswith("broken.jpg") and rows[1][1] == "read"
+
+
+def test_processes_with_boxes_and_per_face_masks(tmp_path, mixed, slim_weights_dir):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("path,x,y,w,h\nportrait.jpg,10,10,50,60\nportrait.jpg,40,50,45,60\nwide.png,100,0,60,64\n")
+    for pipeline in ("threads", "processes"):
+        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={mixed}", f"OUT_DIR={tmp_path / pipeline}",
+                       f"BOXES={boxes}", "MASK_THRESHOLD=0.5", "PER_FACE=true", "CUTOUT=true",
+                       f"PIPELINE={pipeline}", "PROGRESS=false")
+        assert proc.returncode == 1, proc.stderr
+    _same_outputs(tmp_path / "threads", tmp_path / "processes")
+    assert (tmp_path / "processes" / "portrait__face1__mask.png").is_file()
+
+
+def test_linknet_native_size_in_processes(tmp_path, slim_weights_dir):
+    """LinkNet pads native-size inputs to multiples of 32 on the device: the
+    padding must be zeros after normalisation in both pipelines."""
+    from test_linknet import random_state, write_checkpoint
+
+    params = tmp_path / "params"
+    sd = random_state(seed=3)
+    sd["finalconv3.weight"] *= 40.0
+    write_checkpoint(params / "linknet_oneflow_model", sd)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _photo(70, 100, 0).save(imgs / "a.png")  # pads to 96x128
+    _photo(64, 90, 1).save(imgs / "b.png")  # pads to 64x96: a batch of its own
+    _photo(65, 97, 2).save(imgs / "c.png")  # pads to 96x128 like a.png: one batch of two shapes
+    for pipeline in ("threads", "processes"):
+        proc = run_cli(f"MODEL_PARAMS_DIR={params}", f"IMGS_DIR={imgs}", f"OUT_DIR={tmp_path / pipeline}",
+                       "WEIGHTS=linknet34_oneflow", "INPUT_SIZE=null", "BATCH_SIZE=3", "HEATMAP_FORMAT=npy",
+                       f"PIPELINE={pipeline}", "PROGRESS=false")
+        assert proc.returncode == 0, proc.stderr
+    _same_outputs(tmp_path / "threads", tmp_path / "processes")
+    # And each equals that image run alone through the API (its own padding).
+    seg = fsp.FaceSegmenter("linknet34_oneflow", params_dir=params, device="cpu", input_size=None, threshold=None)
+    for name in ("a", "b", "c"):
+        alone = seg.segment(imgs / f"{name}.png").pmap
+        np.testing.assert_allclose(np.load(tmp_path / "processes" / f"{name}__heatmap.npy"), alone, atol=1e-5)
+
+
+def _many(tmp_path: Path, n: int = 40) -> Path:
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(n):
+        _photo(300, 300, i).save(src / f"img{i:02d}.png")
+    return src
+
+
+def _wait_for_outputs(out: Path, proc, deadline_s: float = 120) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and not (out.exists() and any(out.glob("*__heatmap.png"))):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+
+
+def _all_whole(out: Path) -> list[Path]:
+    assert not [p for p in os.listdir(out) if p.endswith(".partial")]
+    finished = sorted(out.glob("*__heatmap.png"))
+    for p in finished:  # every file under its final name is a whole PNG
+        Image.open(p).load()
+    return finished
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
+def test_ctrl_c_with_worker_processes(tmp_path, slim_weights_dir, whole_group):
+    """Ctrl-C reaches the main process alone (kill -INT) or the whole process
+    group (a terminal): either way exit 130, whole files, and the run resumes."""
+    src, out = _many(tmp_path), tmp_path / "out"
+    cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
+           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_outputs(out, proc)
+    if whole_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted;" in last and "run the same command again to resume" in last
+    assert "Traceback" not in err
+    finished = _all_whole(out)
+    assert 1 <= len(finished) < 40
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(finished)} already done" in resumed.stderr
+    assert len(list(out.glob("*__heatmap.png"))) == 40
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_a_killed_worker_stops_the_run_with_whole_files_and_it_resumes(tmp_path, slim_weights_dir):
+    src, out = _many(tmp_path), tmp_path / "out"
+    cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
+           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_outputs(out, proc)
+    workers = [c for c in _children(proc.pid)
+               if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
+    assert workers, "no worker process found"
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "stopped: a worker process died unexpectedly" in last and "run the same command again to resume" in last
+    finished = _all_whole(out)
+    assert len(finished) < 40
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(out.glob("*__heatmap.png"))) == 40
+
+
+def test_no_worker_outlives_the_run(tmp_path, slim_weights_dir):
+    src = tmp_path / "few"
+    src.mkdir()
+    for i in range(3):
+        _photo(50, 50, i).save(src / f"{i}.png")
+    code = (
+        "import os, sys\n"
+        "from face_segmentation_pytorch.cli import main\n"
+        f"rc = main(['MODEL_PARAMS_DIR={slim_weights_dir}', 'IMGS_DIR={src}', 'PIPELINE=processes', "
+        "'WORKERS=2', 'PROGRESS=false'])\n"
+        "import multiprocessing\n"
+        "print(len(multiprocessing.active_children()), rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "0"]
+
+
+# --------------------------------------------------------------------------- the uint8 hand-over
+
+
+@pytest.mark.parametrize("pre", [
+    Preprocessing(500, "BGR", (104.00698793, 116.66876762, 122.67891434)),
+    Preprocessing(256, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pil_bilinear"),
+    Preprocessing(256, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pil_bilinear", True),
+])
+@pytest.mark.parametrize("pre_normalize", [False, True])
+def test_uint8_then_normalize_equals_the_float_path_alone_and_in_batches(pre, pre_normalize):
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(40, 200, (37 + k, 53, 3), dtype=np.uint8) for k in range(3)]
+    imgs.append(np.full((20, 20, 3), 9, np.uint8))  # flat: the stretch leaves it alone
+    size = (64, 48)
+    u8 = [prepare_uint8(im, pre, size=size) for im in imgs]
+    assert all(x.dtype == torch.uint8 and x.shape == (3, 64, 48) for x in u8)
+    batch = normalize_inputs(torch.stack(u8), pre, pre_normalize=pre_normalize)
+    for k, im in enumerate(imgs):
+        want = prepare_input(im, pre, size=size, pre_normalize=pre_normalize)
+        assert torch.equal(normalize_inputs(u8[k], pre, pre_normalize=pre_normalize), want)
+        assert torch.equal(batch[k], want)  # a batch gives each image what it gets alone
+    # Independent of the code: BGR minus the mean, no scaling, for the Caffe entry.
+    if pre.channel_order == "BGR" and not pre_normalize:
+        raw = imgs[0][:2, :2, ::-1].astype(np.float32).transpose(2, 0, 1)
+        x = normalize_inputs(prepare_uint8(imgs[0][:2, :2], pre), pre)
+        np.testing.assert_array_equal(x.numpy(), raw - np.float32(pre.mean).reshape(3, 1, 1))
+
+
+def test_segmenter_batches_of_mixed_shapes_equal_single_images(slim_weights_dir):
+    seg = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", input_size=None, threshold=None)
+    imgs = [_photo(40, 60, 0), _photo(40, 60, 1), _photo(30, 60, 2)]
+    prepared = [seg.prepare(im) for im in imgs]
+    # What run() sends to the network: uint8, unnormalised.
+    assert all(x.dtype == torch.uint8 for p in prepared for x in p.inputs)
+    together = seg.run(prepared)
+    for im, got in zip(imgs, together):
+        np.testing.assert_allclose(got.pmap, seg.segment(im).pmap, atol=1e-6)
+
+
+def test_a_batch_comes_back_in_one_host_buffer(slim_weights_dir):
+    seg = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", input_size=None, threshold=None)
+    prepared = [seg.prepare(_photo(40, 60, k)) for k in range(2)] + [seg.prepare(_photo(30, 20, 5))]
+    maps = seg.start(prepared).result()
+    assert [tuple(m.shape) for m in maps] == [(40, 60), (40, 60), (30, 20)]
+    assert len({m.untyped_storage().data_ptr() for m in maps}) == 1
+
+
+def test_preparer_and_assembler_travel_to_processes_but_a_detector_object_does_not(slim_weights_dir):
+    seg = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", postprocess="largest", dilate=2)
+    clone = pickle.loads(pickle.dumps(seg.preparer))
+    img = _photo(50, 40, 0)
+    assert torch.equal(clone.prepare(img).inputs[0], seg.prepare(img).inputs[0])
+    assert pickle.loads(pickle.dumps(seg.assembler)) == seg.assembler
+    from face_segmentation_pytorch.pipeline.segmenter import Preparer
+
+    class Detector(fsp.pipeline.crop.FaceDetector):
+        def __init__(self):  # no models needed: it is never run here
+            pass
+
+    with pytest.raises(ValueError, match="cannot be sent to worker processes"):
+        pickle.dumps(Preparer(seg.preprocessing, 500, crop=Detector()))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("PIPELINE=fast",), "PIPELINE='fast' is invalid: expected auto, threads or processes"),
+    (("WORKERS=0",), "WORKERS=0 is invalid: expected auto or an integer >= 1"),
+    (("PIPELINE=processes", "ENGINE=ray"), "ENGINE=ray's actors are processes already"),
+])
+def test_pipeline_mistakes_are_one_line_errors(tmp_path, slim_weights_dir, args, message):
+    (tmp_path / "imgs").mkdir()
+    _photo(20, 20, 0).save(tmp_path / "imgs" / "a.png")
+    proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={tmp_path / 'imgs'}", *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_auto_picks_threads_on_the_cpu_and_processes_on_cuda():
+    from face_segmentation_pytorch.pipeline.workers import choose_pipeline, default_workers
+
+    assert choose_pipeline("auto", "cpu") == "threads"
+    assert choose_pipeline("auto", "cuda") == "processes"
+    assert choose_pipeline("processes", "cpu") == "processes"
+    assert default_workers("threads") == 2
+    assert 1 <= default_workers("processes") <= 16
