@@ -6,6 +6,10 @@ resize, forward, resize back, PNG write; the CLI's own summary gives images/s),
 each in a fresh subprocess, alternating, and prints both rates and their ratio.
 
     python benchmarks/folder_throughput.py [--images 8] [--rounds 2] [--batch 1] [--weights DIR]
+        [--pipeline threads,processes] [--workers auto]
+
+With several ``--pipeline`` values each round runs the CLI once per pipeline
+(PIPELINE=threads / processes), so their rates come from the same conditions.
 
 Without --weights a full-size random state_dict is generated (same layout and
 cost as the published weights).
@@ -48,6 +52,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--weights", type=Path, help="MODEL_PARAMS_DIR to use (default: generated random weights)")
+    ap.add_argument("--pipeline", default="auto", help="PIPELINE value(s) for the CLI, comma-separated")
+    ap.add_argument("--workers", default="auto", help="WORKERS for the CLI")
     args = ap.parse_args()
 
     import numpy as np
@@ -70,25 +76,31 @@ def main() -> None:
         base = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
         Image.fromarray(base).resize((500, 500), Image.BICUBIC).save(imgs / f"img{i:03d}.jpg", quality=90)
 
-    forward, folder = [], []
+    pipelines = args.pipeline.split(",")
+    forward: list[float] = []
+    folder: dict[str, list[float]] = {p: [] for p in pipelines}
     for r in range(args.rounds):
         out = subprocess.run([sys.executable, "-c", _FORWARD, str(wdir), str(args.images), str(args.batch)],
                              capture_output=True, text=True, check=True)
         forward.append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
-        cli = subprocess.run(
-            [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={imgs}",
-             f"OUT_DIR={tmp / f'out{r}'}", f"BATCH_SIZE={args.batch}", "PROGRESS=false"],
-            capture_output=True, text=True,
-        )
-        if cli.returncode != 0:
-            sys.exit(f"error: the CLI failed:\n{cli.stderr[-2000:]}")
-        folder.append(float(re.search(r"([0-9.]+) images/s", cli.stderr.strip().splitlines()[-1]).group(1)))
-        print(f"round {r + 1}: forward {forward[-1]:.3f} img/s, folder {folder[-1]:.3f} img/s", file=sys.stderr)
-    f, c = statistics.median(forward), statistics.median(folder)
+        for pipeline in pipelines:
+            cli = subprocess.run(
+                [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={imgs}",
+                 f"OUT_DIR={tmp / f'out{r}_{pipeline}'}", f"BATCH_SIZE={args.batch}", "PROGRESS=false",
+                 f"PIPELINE={pipeline}", f"WORKERS={args.workers}"],
+                capture_output=True, text=True,
+            )
+            if cli.returncode != 0:
+                sys.exit(f"error: the CLI failed:\n{cli.stderr[-2000:]}")
+            rate = float(re.search(r"([0-9.]+) images/s", cli.stderr.strip().splitlines()[-1]).group(1))
+            folder[pipeline].append(rate)
+            print(f"round {r + 1}: forward {forward[-1]:.3f} img/s, folder ({pipeline}) {rate:.3f} img/s", file=sys.stderr)
+    f = statistics.median(forward)
     print(f"{args.images} JPEGs 500x500, batch {args.batch}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"forward only: {f:.3f} images/s; CLI on the folder (decode, run, write): {c:.3f} images/s; "
-          f"folder / forward = {c / f:.2f}")
-
+    print(f"forward only: {f:.3f} images/s")
+    for pipeline, rates in folder.items():
+        c = statistics.median(rates)
+        print(f"CLI on the folder (decode, run, write), PIPELINE={pipeline}: {c:.3f} images/s; folder / forward = {c / f:.2f}")
 
 if __name__ == "__main__":
     main()

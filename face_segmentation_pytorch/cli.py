@@ -619,9 +619,15 @@ def _run(cfg: dict, created: list[Path]) -> int:
         return 0
     images, root, missing, kinds, stems = plan.images, plan.root, plan.missing, plan.kinds, plan.stems
     todo, skipped, user_boxes = plan.todo, plan.skipped, plan.user_boxes
-    segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"])
     pipeline = choose_pipeline(cfg["PIPELINE"], device.type)
     n_workers = default_workers(pipeline) if cfg["WORKERS"] == _AUTO else cfg["WORKERS"]
+    # Worker processes start before the weights load, so the two overlap.
+    workers = (ProcessWorkers if pipeline == "processes" else ThreadWorkers)(n_workers)
+    try:
+        segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"])
+    except BaseException:
+        workers.shutdown()
+        raise
     print(
         start_line(cfg, plan, segmenter.weights_source, device, segmenter.input_size)
         + f"; images read and written by {n_workers} worker process{'es' * (n_workers > 1)}" * (pipeline == "processes"),
@@ -636,11 +642,12 @@ def _run(cfg: dict, created: list[Path]) -> int:
     done = 0
     bs = cfg["BATCH_SIZE"]
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
-    job = Job(
-        segmenter.preparer, segmenter.assembler, kinds, per_face=cfg["PER_FACE"],
-        max_image_pixels=cfg["MAX_IMAGE_PIXELS"],
+    workers.bind(
+        Job(
+            segmenter.preparer, segmenter.assembler, kinds, per_face=cfg["PER_FACE"],
+            max_image_pixels=cfg["MAX_IMAGE_PIXELS"],
+        )
     )
-    workers = (ProcessWorkers if pipeline == "processes" else ThreadWorkers)(job, n_workers)
 
     def items(batch: list[int]):
         return [(i, images[i], user_boxes[i] if user_boxes is not None else None) for i in batch]

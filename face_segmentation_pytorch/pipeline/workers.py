@@ -162,10 +162,14 @@ class ThreadWorkers:
 
     kind = "threads"
 
-    def __init__(self, job: Job, workers: int) -> None:
-        self.job = job
+    def __init__(self, workers: int) -> None:
+        self.job: Job | None = None
         self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsp-read")
         self._writers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsp-write")
+
+    def bind(self, job: Job) -> None:
+        """The job the next reads and writes do."""
+        self.job = job
 
     def read(self, items) -> Future:
         return self._readers.submit(self.job.read, items)
@@ -181,27 +185,41 @@ class ThreadWorkers:
 # --------------------------------------------------------------------------- processes
 
 _JOB: Job | None = None
+_JOB_BLOB: bytes | None = None
 
 
-def _init_process(job: Job) -> None:
-    global _JOB
+def _init_process() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the main process
     # stops the run and lets writes in flight finish; workers must not die first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
-    from PIL import Image
 
     # One thread each: the processes are the parallelism (resizing in torch
     # would otherwise start a thread per core in every worker).
     torch.set_num_threads(1)
-    if job.max_image_pixels is not None:
-        Image.MAX_IMAGE_PIXELS = job.max_image_pixels
-    _JOB = job
 
 
-def _read_in_process(items):
+def _ready() -> int:
+    return os.getpid()
+
+
+def _job(blob: bytes) -> Job:
+    """This process's copy of the job, unpickled once (its detectors are kept)."""
+    global _JOB, _JOB_BLOB
+    if blob != _JOB_BLOB:
+        import pickle
+
+        from PIL import Image
+
+        _JOB, _JOB_BLOB = pickle.loads(blob), blob
+        if _JOB.max_image_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = _JOB.max_image_pixels
+    return _JOB
+
+
+def _read_in_process(blob, items):
     out = []
-    for i, item in _JOB.read(items):
+    for i, item in _job(blob).read(items):
         if isinstance(item, Prepared):
             # Sent as uint8 arrays (pickled as bytes); the image is not sent.
             item = replace(item, image=None, inputs=[x.numpy() for x in item.inputs])
@@ -209,8 +227,8 @@ def _read_in_process(items):
     return out
 
 
-def _write_in_process(stem, prepared, maps, gallery):
-    return _JOB.write(stem, prepared, maps, gallery)
+def _write_in_process(blob, stem, prepared, maps, gallery):
+    return _job(blob).write(stem, prepared, maps, gallery)
 
 
 class ProcessWorkers:
@@ -218,31 +236,39 @@ class ProcessWorkers:
 
     Processes are started with ``spawn`` (never ``fork``: the main process
     may hold CUDA and thread pools that a forked child cannot use), ignore
-    Ctrl-C (the main process ends the run), and use one thread each. A worker
-    that dies (killed, out of memory) breaks the pool: the futures then raise
+    Ctrl-C (the main process ends the run), and use one thread each. They
+    start at construction, so their imports overlap the loading of the
+    weights; :meth:`bind` then gives them the job. A worker that dies
+    (killed, out of memory) breaks the pool: the futures then raise
     :class:`BrokenProcessPool` and the run stops with what it has written.
     """
 
     kind = "processes"
 
-    def __init__(self, job: Job, workers: int) -> None:
+    def __init__(self, workers: int) -> None:
         import multiprocessing
 
-        self.job = job
+        self.job: Job | None = None
+        self._blob = b""
         self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_process,
-            initargs=(job,),
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_process
         )
+        for _ in range(workers):  # start them all now
+            self._pool.submit(_ready)
+
+    def bind(self, job: Job) -> None:
+        """The job the next reads and writes do (sent pickled with each task: a few hundred bytes)."""
+        import pickle
+
+        self.job, self._blob = job, pickle.dumps(job)
 
     def read(self, items) -> Future:
-        return self._pool.submit(_read_in_process, items)
+        return self._pool.submit(_read_in_process, self._blob, items)
 
     def write(self, stem: Path, prepared: Prepared, maps, gallery: bool) -> Future:
         # The inputs have been used; the image (if any) is read again there when needed.
         light = replace(prepared, image=None, inputs=[])
-        return self._pool.submit(_write_in_process, stem, light, [np.asarray(m) for m in maps], gallery)
+        return self._pool.submit(_write_in_process, self._blob, stem, light, [np.asarray(m) for m in maps], gallery)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
