@@ -635,6 +635,7 @@ def _run(cfg: dict, created: list[Path]) -> int:
     )
 
     cropping = cfg["CROP"] is not None or user_boxes is not None
+    masks_only = cfg["MASK_THRESHOLD"] is not None  # then no output shows the probabilities
     no_face: list[Path] = []
     failures: list[tuple[Path, str, str]] = [(p, "read", r) for p, r in missing]
     gallery_rows: list = []
@@ -722,7 +723,8 @@ def _run(cfg: dict, created: list[Path]) -> int:
                 if ok:
                     try:
                         prepared = [p for _, p in ok]
-                        current = ([i for i, _ in ok], prepared, segmenter.start(prepared))
+                        # Mask outputs need no probabilities: threshold on the device.
+                        current = ([i for i, _ in ok], prepared, segmenter.start(prepared, masks_only=masks_only))
                     except (RuntimeError, ValueError) as e:
                         for i, _ in ok:
                             failures.append((images[i], "inference", _first_line(e)))

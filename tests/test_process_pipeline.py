@@ -297,3 +297,25 @@ def test_auto_picks_threads_on_the_cpu_and_processes_on_cuda():
     assert choose_pipeline("processes", "cpu") == "processes"
     assert default_workers("threads") == 2
     assert 1 <= default_workers("processes") <= 16
+
+
+def test_masks_thresholded_on_the_device_equal_the_host_rule(slim_weights_dir):
+    """The batch command brings masks, not probabilities, back from the device
+    when it writes masks; they must be the masks the probabilities give."""
+    seg = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=0.3, postprocess="largest", dilate=1)
+    prepared = [seg.prepare(_photo(60, 80, k)) for k in range(3)]
+    masks = seg.start(prepared, masks_only=True).result()
+    assert all(m.dtype == torch.bool for m in masks)
+    probs = seg.start(prepared).result()
+    for m, p in zip(masks, probs):
+        assert torch.equal(m, p > 0.3) and 0 < int(m.sum()) < m.numel()
+    from_masks = [seg.assembler.assemble(p, [m.numpy()]) for p, m in zip(prepared, masks)]
+    for a, b in zip(from_masks, seg.run(prepared)):
+        assert a.pmap is None and a.size == b.size
+        np.testing.assert_array_equal(a.mask, b.mask)
+    # The comparison is made in float32 on both sides (float32(0.3) is not above 0.3).
+    x = np.array([np.float32(0.3), np.nextafter(np.float32(0.3), np.float32(0)),
+                  np.nextafter(np.float32(0.3), np.float32(1))], dtype=np.float32)
+    np.testing.assert_array_equal((torch.from_numpy(x) > 0.3).numpy(), x > 0.3)
+    with pytest.raises(ValueError, match="needs a threshold"):
+        fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=None).start(prepared, masks_only=True)

@@ -62,7 +62,9 @@ class Segmentation:
     """The result for one image.
 
     Attributes:
-        pmap: ``(H, W)`` float32 face probability at the image's size.
+        pmap: ``(H, W)`` float32 face probability at the image's size (``None``
+            where only masks were brought back from the device: the batch
+            command's mask outputs).
         mask: ``(H, W)`` boolean mask after thresholding and post-processing,
             or ``None`` when the segmenter has no threshold.
         image: The RGB image that was segmented (for overlays).
@@ -75,7 +77,7 @@ class Segmentation:
         feather: The feather radius in pixels the alpha was made with (0: none).
     """
 
-    pmap: np.ndarray
+    pmap: np.ndarray | None
     mask: np.ndarray | None
     image: Image.Image = field(repr=False)
     path: Path | None = None
@@ -87,7 +89,8 @@ class Segmentation:
     @property
     def size(self) -> tuple[int, int]:
         """``(height, width)``."""
-        return self.pmap.shape[0], self.pmap.shape[1]
+        m = self.pmap if self.pmap is not None else self.mask
+        return m.shape[0], m.shape[1]
 
     def face_mask(self, k: int) -> np.ndarray:
         """Full-size boolean mask of face ``k`` alone (crop mode with a threshold)."""
@@ -247,33 +250,48 @@ class Assembler:
     dilate: int = 0
     feather: int = 0
 
+    def _above(self, m: np.ndarray) -> np.ndarray:
+        # Boolean maps were thresholded on the device already (FaceSegmenter.start).
+        return m if m.dtype == np.bool_ else m > self.threshold
+
     def assemble(self, p: Prepared, maps: Sequence[np.ndarray]) -> Segmentation:
         """The :class:`Segmentation` of prepared image ``p`` from its inputs' maps.
+
+        ``maps`` are float32 probabilities, or boolean masks already
+        thresholded on the device (``FaceSegmenter.start(masks_only=True)``):
+        the result then has masks only (``pmap`` is ``None``).
 
         With cropping, each face is thresholded and post-processed on its own
         (so ``largest`` keeps one region per face), and the results are pasted
         into full-size maps: the probability is the maximum over faces and 0
         elsewhere, the mask the union.
         """
+        maps = list(maps)
+        masks_only = bool(maps) and maps[0].dtype == np.bool_
+        if masks_only and self.threshold is None:
+            raise ValueError("boolean maps need an assembler with a threshold")
         maps = iter(maps)
         if p.faces is None:
             pmap = next(maps)
             mask = None
             if self.threshold is not None:
-                mask = apply_steps(pmap > self.threshold, self.steps)
+                mask = apply_steps(self._above(pmap), self.steps)
                 if self.dilate:  # after the steps, in the image's own pixels
                     mask = grow_mask(mask, self.dilate)
-            return Segmentation(pmap, mask, p.image, p.path, alpha=self._alpha(mask), feather=self.feather)
+            return Segmentation(
+                None if masks_only else pmap, mask, p.image, p.path, alpha=self._alpha(mask), feather=self.feather
+            )
         full = np.zeros(p.image_size, np.float32)
         union = None if self.threshold is None else np.zeros(full.shape, bool)
         face_masks = None if self.threshold is None else []
         for face in p.faces:
             x, y, w, h = face.box
             pmap = next(maps)
-            region = full[y : y + h, x : x + w]
-            np.maximum(region, pmap, out=region)
+            if not masks_only:
+                region = full[y : y + h, x : x + w]
+                np.maximum(region, pmap, out=region)
             if union is not None:
-                m = apply_steps(pmap > self.threshold, self.steps)
+                m = apply_steps(self._above(pmap), self.steps)
                 if self.dilate:
                     # Grown in the full image's pixels, so it may pass its crop box.
                     whole = np.zeros(full.shape, bool)
@@ -284,7 +302,8 @@ class Assembler:
                     union[y : y + h, x : x + w] |= m
                 face_masks.append(m)
         return Segmentation(
-            full, union, p.image, p.path, p.faces, face_masks, alpha=self._alpha(union), feather=self.feather
+            None if masks_only else full, union, p.image, p.path, p.faces, face_masks,
+            alpha=self._alpha(union), feather=self.feather,
         )
 
     def _alpha(self, mask: np.ndarray | None) -> np.ndarray | None:
@@ -615,16 +634,24 @@ class FaceSegmenter:
         :meth:`run` computes; :attr:`preparer` does the same in processes."""
         return self.preparer.prepare(image, path, boxes)
 
-    def start(self, prepared: Sequence[Prepared]) -> PendingMaps:
+    def start(self, prepared: Sequence[Prepared], *, masks_only: bool = False) -> PendingMaps:
         """Launch the network on prepared images (all their inputs in one batch
         where shapes allow) and return at once; ``.result()`` waits and gives
         each input's map at its size, in order (on CUDA this overlaps the next
-        batch's preparation with this one's computation)."""
+        batch's preparation with this one's computation).
+
+        ``masks_only`` (with a threshold): threshold on the device and bring
+        back boolean masks instead of probabilities, for callers that write
+        masks only; :meth:`Assembler.assemble` takes either.
+        """
+        if masks_only and self.threshold is None:
+            raise ValueError("masks_only needs a threshold")
         inputs = [x for p in prepared for x in p.inputs]
         sizes = [sz for p in prepared for sz in p.sizes]
         valid = [v for p in prepared for v in (p.valid or [None] * len(p.inputs))]
         return start_inputs(
-            self._forward, inputs, sizes, valid, to_batch=self._to_batch, multiple=self.family.size_multiple
+            self._forward, inputs, sizes, valid, to_batch=self._to_batch, multiple=self.family.size_multiple,
+            threshold=self.threshold if masks_only else None,
         )
 
     @staticmethod
