@@ -16,11 +16,11 @@ import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, ImageReadError, run_command
+from .errors import ConfigError, run_command
 from .keys import Key, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
