@@ -185,6 +185,7 @@ def test_model_mode_scores_what_face_segmenter_predicts(slim_run, tmp_path):
         f"GT_DIR={data / 'masks'}",
         f"OUT_DIR={tmp_path}",
         "BATCH_SIZE=4",
+        "DEVICE=cpu",  # CPU numbers: compared exactly with the CPU FaceSegmenter's masks below
     )
     assert proc.returncode == 1, proc.stderr
     report = json.loads((tmp_path / "eval.json").read_text())
@@ -226,6 +227,7 @@ def test_train_then_evaluate_agree(tmp_path, slim_weights_dir):
         lr=1e-4,
         threads=1,
         progress=False,
+        device="cpu",  # training's validation and evaluate both fp32 on the CPU (no TF32, same kernels)
     )
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     best = max(rows, key=lambda r: r["val_mean_iou"])
@@ -236,6 +238,7 @@ def test_train_then_evaluate_agree(tmp_path, slim_weights_dir):
         "INPUT_SIZE=32",
         f"DATA_DIR={data}",
         "PROGRESS=false",
+        "DEVICE=cpu",
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)

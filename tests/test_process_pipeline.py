@@ -148,7 +148,8 @@ def test_ctrl_c_with_worker_processes(tmp_path, slim_weights_dir, whole_group):
     group (a terminal): either way exit 130, whole files, and the run resumes."""
     src, out = _many(tmp_path), tmp_path / "out"
     cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2"]
+           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2",
+           "DEVICE=cpu"]  # the CPU's pace: a GPU could finish all 40 images before the signal lands
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for_outputs(out, proc)
     if whole_group:
@@ -176,7 +177,8 @@ def _children(pid: int) -> list[int]:
 def test_a_killed_worker_stops_the_run_with_whole_files_and_it_resumes(tmp_path, slim_weights_dir):
     src, out = _many(tmp_path), tmp_path / "out"
     cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2"]
+           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2",
+           "DEVICE=cpu"]  # the CPU's pace: a GPU could finish all 40 images before the signal lands
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_outputs(out, proc)
     workers = [c for c in _children(proc.pid)

@@ -262,7 +262,7 @@ def test_list_file_boxes_per_face_feather_match_local(ray_session, tmp_path, sli
     boxes.write_text(json.dumps({"img0.png": [[10, 10, 40, 50], [50, 30, 30, 30]], "sub/img1.jpg": [[5, 5, 60, 60]]}))
     common = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={listing}", "MASK_THRESHOLD=0.5",
               f"BOXES={boxes}", "PER_FACE=true", "FEATHER=2", "DILATE=1", "POSTPROCESS=largest",
-              "OVERLAY=true", "CUTOUT=true"]
+              "OVERLAY=true", "CUTOUT=true", "DEVICE=cpu"]  # masks compared byte for byte: both engines on the CPU
     assert _main(*common, f"OUT_DIR={tmp_path / 'local'}") == 1
     local_err = capfd.readouterr().err
     assert _main(*common, f"OUT_DIR={tmp_path / 'ray'}", "ENGINE=ray", "RAY_NUM_ACTORS=2") == 1
@@ -339,7 +339,7 @@ def test_linknet34_masks_match_local(ray_session, tmp_path, capfd):
     pmap = fsp.FaceSegmenter(net.eval(), device="cpu", threshold=None).segment(src / "img0.png").pmap
     threshold = round(float(np.median(pmap)), 2)
     common = [f"MODEL_PARAMS_DIR={weights}", "WEIGHTS=linknet34_oneflow", f"IMGS_DIR={src}", "RECURSIVE=true",
-              f"MASK_THRESHOLD={threshold}", "OVERLAY=true"]
+              f"MASK_THRESHOLD={threshold}", "OVERLAY=true", "DEVICE=cpu"]  # masks byte for byte: both on the CPU
     assert _main(*common, f"OUT_DIR={tmp_path / 'local'}") == 1
     assert _main(*common, f"OUT_DIR={tmp_path / 'ray'}", "ENGINE=ray", "RAY_NUM_ACTORS=2", "BATCH_SIZE=2") == 1
     capfd.readouterr()
@@ -353,7 +353,9 @@ def test_segment_dataset_from_bytes(ray_session, tmp_path, slim_weights_dir):
     ray = ray_session
     src = _make_inputs(tmp_path / "photos", n=3)
     ds = ray.data.read_binary_files(str(src), include_paths=True)
-    settings = {"MODEL_PARAMS_DIR": str(slim_weights_dir), "MASK_THRESHOLD": 0.5, "POSTPROCESS": "fill_holes"}
+    # CPU numbers: compared exactly with the CPU FaceSegmenter below.
+    settings = {"MODEL_PARAMS_DIR": str(slim_weights_dir), "MASK_THRESHOLD": 0.5, "POSTPROCESS": "fill_holes",
+                "DEVICE": "cpu"}
     rows = {Path(r["path"]).name: r for r in ray_engine.segment_dataset(ds, settings, num_actors=1).take_all()}
     assert sorted(rows) == ["broken.jpg", "img0.png", "img1.jpg", "img2.jpg"]  # sub-folders too
     bad = rows["broken.jpg"]
@@ -381,7 +383,7 @@ def test_cli_subprocess_matches_local_and_is_quiet(tmp_path, slim_weights_dir):
     _need_ray()
     src = _make_inputs(tmp_path / "photos", n=6)
     common = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={src}", "RECURSIVE=true", "MASK_THRESHOLD=0.5",
-              "POSTPROCESS=full", "OVERLAY=true"]
+              "POSTPROCESS=full", "OVERLAY=true", "DEVICE=cpu"]  # masks and gallery byte for byte: both on the CPU
     local = run_cli(*common, f"OUT_DIR={tmp_path / 'local'}", f"GALLERY={tmp_path / 'local.png'}")
     ray = run_cli(*common, f"OUT_DIR={tmp_path / 'ray'}", f"GALLERY={tmp_path / 'ray.png'}", "ENGINE=ray",
                   "RAY_NUM_ACTORS=2", "BATCH_SIZE=2")
@@ -431,7 +433,7 @@ def test_killed_actor_is_replaced_and_every_output_is_written_once(tmp_path, sli
         _photo(160, 160, i).save(src / f"img{i:02d}.png")
     out = tmp_path / "out"
     job = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={src}", "MASK_THRESHOLD=0.5", "OVERLAY=true",
-           "PROGRESS=false"]
+           "PROGRESS=false", "DEVICE=cpu"]  # masks compared byte for byte with the local run: both on the CPU
     cmd = [sys.executable, "-m", "face_segmentation_pytorch", *job, f"OUT_DIR={out}", "ENGINE=ray", "RAY_NUM_ACTORS=2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -23,6 +23,7 @@ cv2 = pytest.importorskip("cv2")
 from face_segmentation_pytorch import FaceSegmenter  # noqa: E402
 from face_segmentation_pytorch.models import linknet as linknet_module  # noqa: E402
 from face_segmentation_pytorch.models.linknet import LinkNet34, fast_path_applies  # noqa: E402
+from face_segmentation_pytorch.pipeline.preprocess import prepare_input  # noqa: E402
 from face_segmentation_pytorch.pipeline.video import (  # noqa: E402
     FADE_KEEP,
     VideoError,
@@ -110,7 +111,9 @@ def clip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def linknet_segmenter(linknet_dir):
-    return FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, threshold=0.5, progress=False)
+    # On the CPU: the expectations it gives are compared exactly, and its model is
+    # run here on CPU tensors (the fused fast path is a CPU path).
+    return FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, device="cpu", threshold=0.5, progress=False)
 
 
 def run_command(args: list[str], capsys) -> tuple[int, str]:
@@ -125,7 +128,8 @@ def run_command(args: list[str], capsys) -> tuple[int, str]:
 def test_command_writes_every_frame_and_the_masks_facesegmenter_gives(tmp_path, clip, linknet_dir, linknet_segmenter, capsys):
     out, masks = tmp_path / "out" / "faces.avi", tmp_path / "masks"
     rc, err = run_command(
-        [f"SOURCE={clip}", f"OUT={out}", f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={linknet_dir}", "PROGRESS=false"],
+        [f"SOURCE={clip}", f"OUT={out}", f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={linknet_dir}", "PROGRESS=false",
+         "DEVICE=cpu"],  # CPU numbers: compared exactly with the CPU segmenter's masks
         capsys,
     )
     assert rc == 0, err
@@ -199,10 +203,11 @@ def test_overlay_pixels_follow_the_blend_formula(tmp_path, clip, linknet_dir, li
 
 def test_smoothing_follows_the_moving_average_and_lowers_flicker(tmp_path, linknet_dir):
     clip = write_clip(tmp_path / "static.avi", 12, moving=False, noise=12.0, seed=3)
-    seg = FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, threshold=None, progress=False)
+    # On the CPU, whose numbers repeat exactly from run to run (raw and smoothed runs are compared exactly).
+    seg = FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, device="cpu", threshold=None, progress=False)
     first = next(iter(segment_video(clip, seg, max_frames=1))).pmap
     threshold = float(np.clip(np.median(first), 0.05, 0.95))  # many pixels near it: noise flips them
-    plain = FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, threshold=threshold, progress=False)
+    plain = FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, device="cpu", threshold=threshold, progress=False)
     s = 0.75
     raw = list(segment_video(clip, plain))
     smooth = list(segment_video(clip, plain, smooth=s))
@@ -224,16 +229,19 @@ def test_fcn8s_runs_on_video(tmp_path, clip, slim_weights_dir, capsys):
     masks = tmp_path / "m"
     rc, err = run_command(
         [f"SOURCE={clip}", f"MASKS_DIR={masks}", "WEIGHTS=fcn8s_500", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-         "INPUT_SIZE=64", "MAX_FRAMES=4", "MASK_THRESHOLD=null"],
+         "INPUT_SIZE=64", "MAX_FRAMES=4", "MASK_THRESHOLD=null", "DEVICE=cpu"],  # both on the CPU: compared exactly
         capsys,
     )
     assert rc == 0, err
-    seg = FaceSegmenter("fcn8s_500", params_dir=slim_weights_dir, input_size=64, threshold=None, progress=False)
+    seg = FaceSegmenter("fcn8s_500", params_dir=slim_weights_dir, device="cpu", input_size=64, threshold=None,
+                        progress=False)
     frames = decoded_frames(clip)[:4]
     assert sorted(p.name for p in masks.iterdir()) == [f"{i:06d}.png" for i in range(4)]
     for i, bgr in enumerate(frames):
         heat = cv2.imread(str(masks / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
-        expected = np.rint(np.clip(seg.segment(bgr[:, :, ::-1].copy()).pmap, 0, 1) * 255)
+        # 0 -> 0, 1 -> 255, rounded: the product in float64, as a float32 product
+        # can land on the other side of .5 (one pixel in 40,000 did).
+        expected = np.rint(np.clip(seg.segment(bgr[:, :, ::-1].copy()).pmap.astype(np.float64), 0, 1) * 255)
         np.testing.assert_array_equal(heat, expected.astype(np.uint8))
 
 
@@ -374,7 +382,7 @@ def test_a_model_object_is_not_folded_in_place(linknet_dir):
         assert torch.equal(v, state[k]), k
     img = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     with torch.no_grad():
-        x = seg._input(img)[None]
+        x = prepare_input(img, seg.preprocessing, size=seg.input_size)[None]
         ref = _float64_reference(state, x)
         y = seg.model(x)
     assert float((y.double() - ref).abs().max() / ref.abs().max()) < 1e-5

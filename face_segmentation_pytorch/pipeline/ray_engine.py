@@ -257,7 +257,8 @@ class SegmentImages:
         if self.cfg["MAX_IMAGE_PIXELS"] is not None:  # this process's Pillow, not the driver's
             Image.MAX_IMAGE_PIXELS = self.cfg["MAX_IMAGE_PIXELS"]
         # Ray gives an actor that asked for GPUs those GPUs alone (CUDA_VISIBLE_DEVICES),
-        # so DEVICE=null picks CUDA there and the CPU elsewhere, as ENGINE=local does.
+        # so DEVICE=null picks CUDA there; segment_dataset names the CPU for actors
+        # that asked for none (Ray leaves them every GPU of the node).
         device = self.cfg["DEVICE"] if self.cfg["BACKEND"] != "onnxruntime" else self.cfg["DEVICE"] or "cpu"
         self.segmenter = make_segmenter(self.cfg, device, progress=False)
         self.kinds = _output_kinds(self.cfg)
@@ -417,6 +418,11 @@ def segment_dataset(
     bs = int(batch_size or cfg["BATCH_SIZE"])
     cpus = cpus_per_actor if cpus_per_actor is not None else (1.0 if gpus_per_actor else 0.5)
     small = {k: v for k, v in cfg.items() if v != _default(k)}  # keep the actor arguments small
+    if not gpus_per_actor and small.get("DEVICE") is None:
+        # Ray leaves CUDA_VISIBLE_DEVICES alone for an actor that asks for no GPU,
+        # so on a GPU node DEVICE=null would pick CUDA there: keep such actors on
+        # the CPU, as the driver's start line says.
+        small["DEVICE"] = "cpu"
     return ds.map_batches(
         SegmentImages,
         fn_constructor_kwargs={"settings": small, "threads": torch_threads(cpus)},
