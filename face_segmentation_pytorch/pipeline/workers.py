@@ -8,12 +8,13 @@ main process, on its device. A :class:`Job` holds the first two, and a pool
 runs them beside the network:
 
 - :class:`ThreadWorkers` (``PIPELINE=threads``): threads of the main process.
-  Enough where the network is the slow part (a CPU: ~0.7 s per FCN-8s image
+  Enough where the network is the slow part (a CPU: 0.7-2 s per FCN-8s image
   against ~10 ms of image work), and nothing to start.
 - :class:`ProcessWorkers` (``PIPELINE=processes``): worker processes, each
   with its own interpreter, so image work scales over the cores instead of
   queueing for one GIL (a GPU eats an image in 1-3 ms; decoding, resizing and
-  PNG encoding one 640x480 image take about 7 ms of CPU: GPU_NOTES). Images
+  PNG encoding one 640x480 image take about 7 ms of CPU, measured on an H100
+  machine). Images
   travel as uint8 at the network's size (4x less than float32) and come back
   as probability maps; the image itself is not sent back and forth, the
   writer reads it again only for the outputs that show it (overlay, cut-out,
@@ -58,11 +59,12 @@ _SHOW_IMAGE = ("__overlay.png", "__cutout.png")
 def choose_pipeline(setting: str, device_type: str) -> str:
     """``auto`` -> ``processes`` on CUDA, ``threads`` on the CPU.
 
-    On the CPU the network takes ~0.7 s per FCN-8s image, so a thread or two
-    keep it fed and extra processes only cost start-up and memory (measured:
-    README "Keeping the GPU busy", ``benchmarks/folder_throughput.py --pipeline``).
-    On CUDA the image work is the bottleneck (GPU_NOTES: the CLI fed the GPU
-    at 0.24 of its forward rate with threads), so it goes to processes.
+    On the CPU the network takes 0.7-2 s per FCN-8s image, so a thread or two
+    keep it fed and extra processes only cost start-up and memory: threads and
+    processes ran alike on 2 cores (README "A folder of images", 2026-12-02,
+    ``benchmarks/folder_throughput.py --pipeline threads,processes``). On CUDA
+    the image work is the bottleneck (an H100 run: the CLI fed the GPU at 0.24
+    of its forward rate with threads), so it goes to processes.
     """
     if setting != "auto":
         return setting
