@@ -321,3 +321,24 @@ def test_masks_thresholded_on_the_device_equal_the_host_rule(slim_weights_dir):
     np.testing.assert_array_equal((torch.from_numpy(x) > 0.3).numpy(), x > 0.3)
     with pytest.raises(ValueError, match="needs a threshold"):
         fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=None).start(prepared, masks_only=True)
+
+
+def test_face_detection_in_worker_processes(tmp_path, slim_weights_dir):
+    """CROP=faces: each worker process builds its own detector (MTCNN and dlib's
+    landmarks); the faces, boxes and masks are those the threads find."""
+    from test_crop import _photos
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = _photos()
+    Image.fromarray(photos["astronaut"]).save(folder / "astronaut.jpg")
+    Image.fromarray(np.hstack([photos["astronaut"], photos["hopper"][:512, :512]])).save(folder / "pair.png")
+    Image.new("RGB", (120, 90), (128, 128, 128)).save(folder / "blank.png")
+    for pipeline in ("threads", "processes"):
+        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", f"OUT_DIR={tmp_path / pipeline}",
+                       "CROP=faces", "MASK_THRESHOLD=0.5", "PER_FACE=true", "OVERLAY=true",
+                       f"PIPELINE={pipeline}", "WORKERS=2", "PROGRESS=false")
+        assert proc.returncode == 0, proc.stderr
+        assert "3 images done, 0 failed, 0 skipped (outputs exist), 1 without a face" in proc.stderr.splitlines()[-1]
+    _same_outputs(tmp_path / "threads", tmp_path / "processes")
+    assert (tmp_path / "processes" / "pair__face1__mask.png").is_file()
