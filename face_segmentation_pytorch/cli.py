@@ -643,114 +643,190 @@ def _run(cfg: dict, created: list[Path]) -> int:
     done = 0
     bs = cfg["BATCH_SIZE"]
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
-    workers.bind(
-        Job(
-            segmenter.preparer, segmenter.assembler, kinds, per_face=cfg["PER_FACE"],
-            max_image_pixels=cfg["MAX_IMAGE_PIXELS"],
-        )
+    job = Job(
+        segmenter.preparer, segmenter.assembler, kinds, per_face=cfg["PER_FACE"],
+        max_image_pixels=cfg["MAX_IMAGE_PIXELS"],
     )
+    workers.bind(job)
 
     def items(batch: list[int]):
         return [(i, images[i], user_boxes[i] if user_boxes is not None else None) for i in batch]
 
     interrupted = False
-    broken: str | None = None
-    next_batch = not_started = 0
+    crashed = 0  # images that killed a worker process twice
+    finished: set[int] = set()  # images done or failed
+    sent = 0  # batches of the current pump() whose reads were submitted
+    any_read = False  # a worker has returned something: they can start
     start = time.perf_counter()
     bar = progress_bar(len(todo), desc="segmenting", unit="img", enabled=cfg["PROGRESS"])
-    reads: deque[tuple[list[int], Future]] = deque()
-    writes: deque[tuple[int, Future]] = deque()
-    launched = None  # (images, their Prepared, PendingMaps): on the device, not yet collected
 
-    def finish_writes(limit: int) -> None:
-        # Bound the results held in memory; collect write failures in order.
+    def fail(i: int, stage: str, reason: str) -> None:
+        failures.append((images[i], stage, reason))
+        finished.add(i)
+        bar.update(1)
+
+    def succeed(i: int) -> None:
         nonlocal done
-        while len(writes) > limit:
-            i, fut = writes[0]
-            written = fut.result()  # BrokenProcessPool propagates: the run stops
-            writes.popleft()
-            if written.failure is not None:
-                failures.append((images[i], *written.failure))
-            else:
-                done += 1
-            if written.gallery_row is not None:
-                gallery_rows.append(written.gallery_row)
-            bar.update(1)
+        done += 1
+        finished.add(i)
+        bar.update(1)
 
-    def collect(batch) -> None:
-        # The launched batch's maps (waits for the device), then its writes.
-        nonlocal gallery_asked
-        ids, prepared, pending = batch
+    def outputs_exist(i: int) -> bool:
+        return all(stems[i].with_name(stems[i].name + k).exists() for k in kinds)
+
+    def pump(batch_list: list[list[int]]) -> None:
+        """Read, run and write these batches, the three overlapping.
+
+        Reading runs a few batches ahead of the network and writing behind it,
+        in the workers. On CUDA the device computes batch k while this process
+        takes batch k+1 from the readers and launches it; only then does it
+        wait for batch k's maps. A broken process pool propagates (the caller
+        sorts out what was finished); Ctrl-C lets the writes in flight finish.
+        """
+        nonlocal sent, any_read, gallery_asked
+        reads: deque[tuple[list[int], Future]] = deque()
+        writes: deque[tuple[int, Future]] = deque()
+        launched = None  # (images, their Prepared, PendingMaps): on the device, not yet collected
+        sent = 0
+
+        def submit_read() -> None:
+            nonlocal sent
+            reads.append((batch_list[sent], workers.read(items(batch_list[sent]))))
+            sent += 1
+
+        def finish_writes(limit: int) -> None:
+            # Bound the results held in memory; collect write failures in order.
+            while len(writes) > limit:
+                i, fut = writes[0]
+                written = workers.result(fut)  # BrokenProcessPool propagates
+                writes.popleft()
+                if written.gallery_row is not None:
+                    gallery_rows.append(written.gallery_row)
+                if written.failure is not None:
+                    fail(i, *written.failure)
+                else:
+                    succeed(i)
+
+        def collect(batch) -> None:
+            # The launched batch's maps (waits for the device), then its writes.
+            nonlocal gallery_asked
+            ids, prepared, pending = batch
+            try:
+                per_image = segmenter.split_maps(prepared, pending.result())
+            except (RuntimeError, ValueError) as e:
+                for i in ids:
+                    fail(i, "inference", _first_line(e))
+                return
+            for i, p, maps in zip(ids, prepared, per_image):
+                if cropping and not p.faces:
+                    no_face.append(images[i])
+                row = bool(cfg["GALLERY"]) and gallery_asked < 16
+                gallery_asked += row
+                writes.append((i, workers.write(stems[i], p, maps, row)))
+            finish_writes(2 * bs * n_workers)
+
         try:
-            per_image = segmenter.split_maps(prepared, pending.result())
-        except (RuntimeError, ValueError) as e:
-            for i in ids:
-                failures.append((images[i], "inference", _first_line(e)))
-                bar.update(1)
-            return
-        for i, p, maps in zip(ids, prepared, per_image):
-            if cropping and not p.faces:
-                no_face.append(images[i])
-            row = bool(cfg["GALLERY"]) and gallery_asked < 16
-            gallery_asked += row
-            writes.append((i, workers.write(stems[i], p, maps, row)))
-        finish_writes(2 * bs * n_workers)
+            ahead = max(2, n_workers)
+            while sent < len(batch_list) and len(reads) < ahead:
+                submit_read()
+            while reads or launched is not None:
+                current = None
+                if reads:
+                    loaded = workers.result(reads[0][1])
+                    any_read = True
+                    reads.popleft()
+                    if sent < len(batch_list):
+                        submit_read()
+                    ok = []
+                    for i, item in loaded:
+                        if isinstance(item, tuple):
+                            fail(i, *item)
+                        else:
+                            ok.append((i, item))
+                    if ok:
+                        prepared = [p for _, p in ok]
+                        try:
+                            # Mask outputs need no probabilities: threshold on the device.
+                            current = ([i for i, _ in ok], prepared, segmenter.start(prepared, masks_only=masks_only))
+                        except (RuntimeError, ValueError) as e:
+                            for i, _ in ok:
+                                fail(i, "inference", _first_line(e))
+                if launched is not None:
+                    collect(launched)
+                launched = None
+                if current is not None and not current[2].asynchronous:
+                    collect(current)  # the CPU has computed it already: write it now
+                else:
+                    launched = current
+            finish_writes(0)
+        except KeyboardInterrupt:
+            for _, fut in reads:
+                fut.cancel()
+            # Writes in flight finish (each is atomic), so what is on disk is whole.
+            try:
+                finish_writes(0)
+            except (KeyboardInterrupt, BrokenProcessPool):
+                pass
+            raise
+
+    def new_workers():
+        w = (ProcessWorkers if pipeline == "processes" else ThreadWorkers)(n_workers)
+        w.bind(job)
+        return w
+
+    def remove_partials(i: int) -> None:
+        # Temporary files of a worker that died while writing (the pool's other
+        # workers are gone too, so nothing else is writing them).
+        stem = stems[i]
+        patterns = [f".{glob.escape(stem.name + k)}.*.partial" for k in kinds]
+        patterns.append(f".{glob.escape(stem.name)}__face[0-9]*__mask.png.*.partial")
+        for pattern in patterns:
+            for tmp in stem.parent.glob(pattern):
+                tmp.unlink(missing_ok=True)
 
     try:
-        # Reading runs a few batches ahead of the network and writing behind
-        # it, in the workers. The device computes batch k while this process
-        # takes batch k+1 from the readers and launches it; only then does it
-        # wait for batch k's maps.
-        ahead = max(2, n_workers)
-        while next_batch < len(batches) and len(reads) < ahead:
-            reads.append((batches[next_batch], workers.read(items(batches[next_batch]))))
-            next_batch += 1
-        while reads or launched is not None:
-            current = None
-            if reads:
-                loaded = reads[0][1].result()
-                reads.popleft()
-                if next_batch < len(batches):
-                    reads.append((batches[next_batch], workers.read(items(batches[next_batch]))))
-                    next_batch += 1
-                ok = []
-                for i, item in loaded:
-                    if isinstance(item, tuple):
-                        failures.append((images[i], *item))
-                        bar.update(1)
-                    else:
-                        ok.append((i, item))
-                if ok:
-                    try:
-                        prepared = [p for _, p in ok]
-                        # Mask outputs need no probabilities: threshold on the device.
-                        current = ([i for i, _ in ok], prepared, segmenter.start(prepared, masks_only=masks_only))
-                    except (RuntimeError, ValueError) as e:
-                        for i, _ in ok:
-                            failures.append((images[i], "inference", _first_line(e)))
-                            bar.update(1)
-            if launched is not None:
-                collect(launched)
-            launched = current
-        finish_writes(0)
+        remaining = batches
+        while remaining:
+            try:
+                pump(remaining)
+                break
+            except BrokenProcessPool:
+                pass
+            # A worker process died (killed, out of memory, a crash in a
+            # decoder): every image that was in flight is read, run and written
+            # again one at a time in a new pool, so one that kills its worker
+            # again is found and reported, and the rest are not lost.
+            workers.shutdown()
+            if not any_read:
+                raise ConfigError(
+                    "the worker processes died before reading any image; a script that calls "
+                    "face_segmentation_pytorch.cli.main() must do so under if __name__ == '__main__': "
+                    "(or add PIPELINE=threads)"
+                ) from None
+            in_flight, remaining = remaining[:sent], remaining[sent:]
+            unfinished = [i for b in in_flight for i in b if i not in finished]
+            for i in unfinished:
+                remove_partials(i)
+            print(
+                f"face_segmentation_pytorch: a worker process died; retrying its {_plural(len(unfinished), 'image')} "
+                "one at a time",
+                file=sys.stderr,
+            )
+            workers = new_workers()
+            for i in unfinished:
+                try:
+                    pump([[i]])
+                except BrokenProcessPool:
+                    workers.shutdown()
+                    remove_partials(i)
+                    if i not in finished and outputs_exist(i):
+                        succeed(i)  # written before its worker died; only the report was lost
+                    elif i not in finished:
+                        crashed += 1
+                        fail(i, "worker", "a worker process died on this image twice (a crash while decoding it, or out of memory?)")
+                    workers = new_workers()
     except KeyboardInterrupt:
         interrupted = True
-        for _, fut in reads:
-            fut.cancel()
-        # Writes in flight finish (each is atomic), so what is on disk is whole.
-        try:
-            finish_writes(0)
-        except (KeyboardInterrupt, BrokenProcessPool):
-            pass
-    except BrokenProcessPool:
-        # A worker process died (killed, out of memory): what is written is
-        # whole; the images in flight are reported and a rerun resumes.
-        broken = "a worker process died unexpectedly (killed, or out of memory?)"
-        in_flight = [i for i, _ in writes] + [i for ids, _ in reads for i in ids]
-        in_flight += launched[0] if launched is not None else []
-        for i in in_flight:
-            failures.append((images[i], "worker", broken))
-        not_started = sum(len(b) for b in batches[next_batch:])
     finally:
         workers.shutdown()
         bar.close()
@@ -783,8 +859,7 @@ def _run(cfg: dict, created: list[Path]) -> int:
         # A rate only where something was processed; "0.00 images/s" says nothing.
         + (f", {done / elapsed:.2f} images/s" if done and elapsed > 0 else "")
         + (f"; failures listed in {log}" if log is not None else "")
-        + (f"; stopped: {broken}, {not_started} images not started" if broken else "")
-        + ("; run the same command again to resume" if interrupted or broken else "")
+        + ("; run the same command again to resume" if interrupted else "")
     )
     print(summary, file=sys.stderr)
     if interrupted:
@@ -833,6 +908,18 @@ def _write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (``errors.EXIT_STATUSES``)."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned worker process is importing a script that runs the command at
+        # import (no main guard): running it again here would start workers of
+        # workers. The worker goes on with its own job once the import ends.
+        print(
+            "warning: a worker process imported a script that calls face_segmentation_pytorch.cli.main() "
+            "at import; put the call under if __name__ == '__main__': (the run goes on)",
+            file=sys.stderr,
+        )
+        return 2
     argv = sys.argv[1:] if argv is None else list(argv)
     return run_command(
         argv, help_text, lambda: run(parse_args(argv)),

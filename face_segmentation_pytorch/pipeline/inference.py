@@ -28,6 +28,11 @@ class PendingMaps:
     def __init__(self, host: torch.Tensor, pieces: list[tuple[int, tuple[int, int]]], event=None) -> None:
         self._host, self._pieces, self._event = host, pieces, event
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the work may still be running (CUDA); on the CPU it is done."""
+        return self._event is not None
+
     def result(self) -> list[torch.Tensor]:
         """One ``(H, W)`` CPU tensor per input (views of one host buffer): float32
         probabilities, or boolean masks when a threshold was given."""
@@ -86,9 +91,10 @@ def start_inputs(
         offset += m.numel()
     if flat.device.type == "cuda":
         host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-        host.copy_(flat, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        with torch.cuda.device(flat.device):  # the copy's device and stream, not cuda:0's
+            host.copy_(flat, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(flat.device))
         return PendingMaps(host, pieces, event)
     return PendingMaps(flat.cpu(), pieces)
 

@@ -404,7 +404,9 @@ def segment_dataset(
             "/shared/weights", "MASK_THRESHOLD": 0.5}``; ``BATCH_SIZE`` is the
             batch size unless ``batch_size`` is given.
         num_actors: Actors in the pool (each loads the weights once).
-        gpus_per_actor: GPUs each actor asks Ray for.
+        gpus_per_actor: GPUs each actor asks Ray for; with 0 and no ``DEVICE``
+            setting the actors run on the CPU (Ray would leave them every GPU
+            of their node).
         cpus_per_actor: CPUs each actor asks Ray for; ``None``: 1 with GPUs,
             else 0.5 (leaving room for Ray Data's own tasks on small nodes).
         batch_size: Images per forward pass.

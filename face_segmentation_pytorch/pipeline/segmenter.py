@@ -389,13 +389,17 @@ class FaceSegmenter:
     ) -> None:
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold}")
-        self.steps = parse_steps(postprocess)
-        if self.steps and threshold is None:
+        steps = parse_steps(postprocess)
+        if steps and threshold is None:
             raise ValueError("post-processing works on masks: give a threshold (e.g. 0.5)")
-        self.dilate = check_px(dilate, "dilate")
-        self.feather = check_px(feather, "feather", allow_negative=False)
-        if (self.dilate or self.feather) and threshold is None:
+        dilate = check_px(dilate, "dilate")
+        feather = check_px(feather, "feather", allow_negative=False)
+        if (dilate or feather) and threshold is None:
             raise ValueError("dilate and feather work on masks: give a threshold (e.g. 0.5)")
+        #: After the network: thresholding, post-processing, dilation, feathering.
+        #: It holds no weights, so a pipeline may run it in worker threads or
+        #: processes; ``threshold``, ``steps``, ``dilate`` and ``feather`` are its.
+        self.assembler = Assembler(threshold, steps, dilate, feather)
         # ONNX Runtime runs on the CPU here: unless a device is named, it picks the CPU
         # itself instead of the CUDA device the torch backend would default to.
         self.device = resolve_device("cpu" if backend == "onnxruntime" and device is None else device)
@@ -436,20 +440,18 @@ class FaceSegmenter:
             net = self.family.build(state, self.preprocessing)
             del state  # the model holds the tensors now; no second reference
         self.family.check_face_channel(net, face_channel)
-        self.input_size = self.preprocessing.input_size if input_size == _AUTO else input_size
+        input_size = self.preprocessing.input_size if input_size == _AUTO else input_size
         m = self.family.size_multiple
-        if self.input_size is not None and any(v % m for v in _pair(self.input_size)):
+        if input_size is not None and any(v % m for v in _pair(input_size)):
             raise ValueError(
-                f"input_size={self.input_size}: {self.family.name} needs sides that are multiples of {m}; "
+                f"input_size={input_size}: {self.family.name} needs sides that are multiples of {m}; "
                 f"use {self.preprocessing.input_size}, another multiple of {m}, or None (native size, padded)"
             )
-        self.threshold = threshold
         self.face_channel = face_channel
         self.pre_normalize = pre_normalize
-        #: Before and after the network: no weights in either, so a pipeline
-        #: may run them in worker threads or processes.
-        self.preparer = Preparer(self.preprocessing, self.input_size, m, crop, min_face_score)
-        self.assembler = Assembler(threshold, self.steps, self.dilate, self.feather)
+        #: Before the network: detection, crops, resizing (``input_size`` is its).
+        #: No weights either, so it runs in worker threads or processes too.
+        self.preparer = Preparer(self.preprocessing, input_size, m, crop, min_face_score)
         if first_detector is not None:
             self.preparer._local.detector = first_detector
         self.backend = backend
@@ -591,15 +593,63 @@ class FaceSegmenter:
         """The face detector (this thread's), or ``None`` without cropping."""
         return self.preparer.detector()
 
+    # The settings live in the preparer and the assembler (which worker
+    # processes receive); these keep ``seg.threshold = 0.7`` and the like working.
+    @property
+    def threshold(self) -> float | None:
+        return self.assembler.threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self.assembler.threshold = value
+
+    @property
+    def steps(self) -> list:
+        return self.assembler.steps
+
+    @steps.setter
+    def steps(self, value) -> None:
+        self.assembler.steps = value
+
+    @property
+    def dilate(self) -> int:
+        return self.assembler.dilate
+
+    @dilate.setter
+    def dilate(self, value: int) -> None:
+        self.assembler.dilate = value
+
+    @property
+    def feather(self) -> int:
+        return self.assembler.feather
+
+    @feather.setter
+    def feather(self, value: int) -> None:
+        self.assembler.feather = value
+
+    @property
+    def input_size(self):
+        return self.preparer.input_size
+
+    @input_size.setter
+    def input_size(self, value) -> None:
+        self.preparer.input_size = value
+
     def _to_batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """uint8 inputs (one padded shape) -> the normalised float batch on the device.
 
         On CUDA the uint8 tensors go over in one copy from pinned host memory
         (4x less than float32, and asynchronous); the mean, scaling and padding
         run there. Every step is elementwise, so the values equal the CPU's.
-        Inputs may be arrays (from worker processes) or tensors.
+        Inputs may be arrays (from worker processes) or tensors. Float inputs
+        are taken as network inputs already (what ``prepare`` made before inputs
+        stayed uint8): they are only stacked and moved.
         """
         inputs = [torch.as_tensor(x) for x in inputs]
+        if all(x.is_floating_point() for x in inputs):
+            return torch.stack(inputs).to(self.device)
+        if any(x.is_floating_point() for x in inputs):
+            raise ValueError("a batch mixes float network inputs with uint8 images; prepare them the same way")
         if self.device.type == "cuda":
             sizes = [x.numel() for x in inputs]
             host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)

@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -72,11 +75,16 @@ def choose_pipeline(setting: str, device_type: str) -> str:
 
 
 def default_workers(pipeline: str) -> int:
-    """``WORKERS=auto``: 2 threads; for processes, every core but one for the
+    """``WORKERS=auto``: 2 threads; for processes, every core this process may
+    use (its affinity, as a container or ``taskset`` sets it) but one for the
     main process (which feeds the device) and one for the system, at most 16."""
     if pipeline == "threads":
         return 2
-    return max(1, min(16, (os.cpu_count() or 2) - 2))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 2
+    return max(1, min(16, cores - 2))
 
 
 @dataclass
@@ -176,6 +184,10 @@ class ThreadWorkers:
     def read(self, items) -> Future:
         return self._readers.submit(self.job.read, items)
 
+    def result(self, fut: Future):
+        """``fut.result()``."""
+        return fut.result()
+
     def write(self, stem: Path, prepared: Prepared, maps, gallery: bool) -> Future:
         return self._writers.submit(self.job.write, stem, prepared, maps, gallery)
 
@@ -197,8 +209,15 @@ def _init_process() -> None:
     import torch
 
     # One thread each: the processes are the parallelism (resizing in torch
-    # would otherwise start a thread per core in every worker).
+    # and OpenCV's post-processing and detection would otherwise start a
+    # thread per core in every worker).
     torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # the [postprocess] / [crop] extras are not installed
+        pass
 
 
 def _ready() -> int:
@@ -252,11 +271,58 @@ class ProcessWorkers:
 
         self.job: Job | None = None
         self._blob = b""
+        self._dead_since: float | None = None
         self._pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_process
         )
-        for _ in range(workers):  # start them all now
-            self._pool.submit(_ready)
+        # Start them all now, with SIGINT ignored: an ignored signal stays
+        # ignored in a spawned child, so a Ctrl-C while they import torch
+        # cannot kill them with a traceback before _init_process runs.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for _ in range(workers):
+                self._pool.submit(_ready)
+        finally:
+            if main and previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def result(self, fut: Future):
+        """``fut.result()``, watching the workers while it waits.
+
+        CPython's pool reads every worker's results from one shared pipe. A
+        worker killed while writing a result leaves half a message there, and
+        the pool's own thread then blocks for good reading the rest instead of
+        reporting the dead worker (seen here about once in six SIGKILLs). So a
+        worker dead for 2 s without the pool breaking gets the pool broken by
+        hand: the other workers are ended and this process's end of the pipe
+        is closed, the read ends, and the futures raise BrokenProcessPool.
+        """
+        while True:
+            try:
+                return fut.result(timeout=0.5)
+            except FuturesTimeout:
+                self._watch()
+
+    def _watch(self) -> None:
+        processes = list(getattr(self._pool, "_processes", None) or {})
+        processes = [self._pool._processes[pid] for pid in processes if pid in self._pool._processes]
+        if not any(p.exitcode is not None for p in processes):
+            self._dead_since = None
+            return
+        now = time.monotonic()
+        if self._dead_since is None:
+            self._dead_since = now
+        if now - self._dead_since < 2.0:  # the pool normally notices at once
+            return
+        for p in processes:
+            if p.exitcode is None:
+                p.kill()
+        for p in processes:
+            p.join(timeout=5)
+        writer = getattr(getattr(self._pool, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            writer.close()
 
     def bind(self, job: Job) -> None:
         """The job the next reads and writes do (sent pickled with each task: a few hundred bytes)."""
