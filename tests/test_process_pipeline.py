@@ -414,3 +414,22 @@ def test_a_script_without_a_main_guard_is_told_the_rule_and_still_runs(tmp_path,
     assert proc.stderr.count("put the call under if __name__ == '__main__'") == 2  # once per worker
     assert "1 image done, 0 failed" in proc.stderr.strip().splitlines()[-1]
     assert (tmp_path / "imgs" / "a.png__heatmap.png").is_file()
+
+
+def test_prepared_float_inputs_and_live_settings_keep_their_old_meaning(slim_weights_dir):
+    """Code written before inputs stayed uint8: a Prepared holding network inputs
+    (prepare_input's floats) is run as it is, not normalised twice; and setting
+    seg.threshold after construction still changes the masks."""
+    from face_segmentation_pytorch.pipeline.segmenter import Prepared
+
+    seg = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", progress=False)
+    img = np.asarray(_photo(50, 60, 0))
+    want = seg.segment(img)
+    old_style = Prepared(None, None, [prepare_input(img, seg.preprocessing, size=seg.input_size)], [(50, 60)],
+                         None, [None], (50, 60))
+    np.testing.assert_array_equal(seg.run([old_style])[0].pmap, want.pmap)
+    higher = float(np.quantile(want.pmap, 0.75))
+    seg.threshold = higher
+    assert seg.assembler.threshold == higher
+    np.testing.assert_array_equal(seg.segment(img).mask, want.pmap > higher)
+    assert seg.segment(img).mask.sum() < want.mask.sum()
