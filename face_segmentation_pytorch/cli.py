@@ -798,10 +798,11 @@ def _run(cfg: dict, created: list[Path]) -> int:
             # again is found and reported, and the rest are not lost.
             workers.shutdown()
             if not any_read:
+                # Not an image's fault: they cannot run here (out of memory while
+                # importing torch, a broken environment; their errors are above).
                 raise ConfigError(
-                    "the worker processes died before reading any image; a script that calls "
-                    "face_segmentation_pytorch.cli.main() must do so under if __name__ == '__main__': "
-                    "(or add PIPELINE=threads)"
+                    "PIPELINE=processes: the worker processes died before reading any image (see the lines "
+                    "above); add PIPELINE=threads to read and write images in this process"
                 ) from None
             in_flight, remaining = remaining[:sent], remaining[sent:]
             unfinished = [i for b in in_flight for i in b if i not in finished]
