@@ -433,3 +433,23 @@ def test_prepared_float_inputs_and_live_settings_keep_their_old_meaning(slim_wei
     assert seg.assembler.threshold == higher
     np.testing.assert_array_equal(seg.segment(img).mask, want.pmap > higher)
     assert seg.segment(img).mask.sum() < want.mask.sum()
+
+
+def _die_at_start():
+    os._exit(3)
+
+
+def test_workers_that_cannot_start_give_one_error_line(tmp_path, slim_weights_dir, monkeypatch, capsys):
+    from face_segmentation_pytorch import cli
+    from face_segmentation_pytorch.pipeline import workers as workers_module
+
+    (tmp_path / "imgs").mkdir()
+    _photo(30, 30, 0).save(tmp_path / "imgs" / "a.png")
+    monkeypatch.setattr(workers_module, "_init_process", _die_at_start)  # every worker dies as it starts
+    rc = cli.main([f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={tmp_path / 'imgs'}", "PIPELINE=processes",
+                   "WORKERS=2", "PROGRESS=false", "DEVICE=cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "error: PIPELINE=processes: the worker processes died before reading any image" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "imgs" / "a.png__heatmap.png").exists()
