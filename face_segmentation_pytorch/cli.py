@@ -653,7 +653,6 @@ def _run(cfg: dict, created: list[Path]) -> int:
         return [(i, images[i], user_boxes[i] if user_boxes is not None else None) for i in batch]
 
     interrupted = False
-    crashed = 0  # images that killed a worker process twice
     finished: set[int] = set()  # images done or failed
     sent = 0  # batches of the current pump() whose reads were submitted
     any_read = False  # a worker has returned something: they can start
@@ -823,7 +822,6 @@ def _run(cfg: dict, created: list[Path]) -> int:
                     if i not in finished and outputs_exist(i):
                         succeed(i)  # written before its worker died; only the report was lost
                     elif i not in finished:
-                        crashed += 1
                         fail(i, "worker", "a worker process died on this image twice (a crash while decoding it, or out of memory?)")
                     workers = new_workers()
     except KeyboardInterrupt:

@@ -261,7 +261,8 @@ class ProcessWorkers:
     start at construction, so their imports overlap the loading of the
     weights; :meth:`bind` then gives them the job. A worker that dies
     (killed, out of memory) breaks the pool: the futures then raise
-    :class:`BrokenProcessPool` and the run stops with what it has written.
+    :class:`BrokenProcessPool`, and the batch command starts a new pool and
+    retries the images that were in flight one at a time (``cli._run``).
     """
 
     kind = "processes"
@@ -305,8 +306,8 @@ class ProcessWorkers:
                 self._watch()
 
     def _watch(self) -> None:
-        processes = list(getattr(self._pool, "_processes", None) or {})
-        processes = [self._pool._processes[pid] for pid in processes if pid in self._pool._processes]
+        # A copy: the pool's thread removes processes from its dict as they end.
+        processes = list(dict(getattr(self._pool, "_processes", None) or {}).values())
         if not any(p.exitcode is not None for p in processes):
             self._dead_since = None
             return
