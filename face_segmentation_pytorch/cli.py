@@ -682,7 +682,7 @@ def _run(cfg: dict, created: list[Path]) -> int:
         wait for batch k's maps. A broken process pool propagates (the caller
         sorts out what was finished); Ctrl-C lets the writes in flight finish.
         """
-        nonlocal sent, any_read, gallery_asked
+        nonlocal sent, any_read
         reads: deque[tuple[list[int], Future]] = deque()
         writes: deque[tuple[int, Future]] = deque()
         launched = None  # (images, their Prepared, PendingMaps): on the device, not yet collected

@@ -157,13 +157,19 @@ def test_crops_of_non_rgb_images_equal_crops_of_their_rgb_version(slim_model, mo
     np.testing.assert_array_equal(segmenter.segment(img).pmap, segmenter.segment(as_rgb).pmap)
 
 
-def test_cli_crop_faces(tmp_path, slim_weights_dir):
+def _photo_folder(tmp_path):
+    """A folder with one face, two faces side by side, and a blank image."""
     folder = tmp_path / "photos"
     folder.mkdir()
     photos = _photos()
     Image.fromarray(photos["astronaut"]).save(folder / "astronaut.jpg")
     Image.fromarray(np.hstack([photos["astronaut"], photos["hopper"][:512, :512]])).save(folder / "pair.png")
     Image.new("RGB", (120, 90), (128, 128, 128)).save(folder / "blank.png")
+    return folder
+
+
+def test_cli_crop_faces(tmp_path, slim_weights_dir):
+    folder = _photo_folder(tmp_path)
     proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", "CROP=faces",
                    "MASK_THRESHOLD=0.5", "PER_FACE=true", "POSTPROCESS=full")
     assert proc.returncode == 0, proc.stderr

@@ -380,14 +380,9 @@ def test_masks_thresholded_on_the_device_equal_the_host_rule(slim_weights_dir):
 def test_face_detection_in_worker_processes(tmp_path, slim_weights_dir):
     """CROP=faces: each worker process builds its own detector (MTCNN and dlib's
     landmarks); the faces, boxes and masks are those the threads find."""
-    from test_crop import _photos
+    from test_crop import _photo_folder
 
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    photos = _photos()
-    Image.fromarray(photos["astronaut"]).save(folder / "astronaut.jpg")
-    Image.fromarray(np.hstack([photos["astronaut"], photos["hopper"][:512, :512]])).save(folder / "pair.png")
-    Image.new("RGB", (120, 90), (128, 128, 128)).save(folder / "blank.png")
+    folder = _photo_folder(tmp_path)
     for pipeline in ("threads", "processes"):
         proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", f"OUT_DIR={tmp_path / pipeline}",
                        "CROP=faces", "MASK_THRESHOLD=0.5", "PER_FACE=true", "OVERLAY=true",

@@ -388,7 +388,6 @@ def _read(tree: _Tree, path: str, strict: bool) -> tuple[OrderedDict[str, torch.
 
     by_key: dict[str, str] = {}
     layouts: dict[str, str] = {}
-    unknown: list[str] = []
     for name in sorted(entries):
         key, layout = _entry_key(name)
         if key is None:

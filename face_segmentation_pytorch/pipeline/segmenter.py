@@ -57,6 +57,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def _setting(part: str, name: str, doc: str) -> property:
+    """A property of :class:`FaceSegmenter` that reads and writes ``self.<part>.<name>``."""
+
+    def get(self):
+        return getattr(getattr(self, part), name)
+
+    def set_(self, value) -> None:
+        setattr(getattr(self, part), name, value)
+
+    return property(get, set_, doc=doc)
+
+
 @dataclass
 class Segmentation:
     """The result for one image.
@@ -595,45 +607,11 @@ class FaceSegmenter:
 
     # The settings live in the preparer and the assembler (which worker
     # processes receive); these keep ``seg.threshold = 0.7`` and the like working.
-    @property
-    def threshold(self) -> float | None:
-        return self.assembler.threshold
-
-    @threshold.setter
-    def threshold(self, value: float | None) -> None:
-        self.assembler.threshold = value
-
-    @property
-    def steps(self) -> list:
-        return self.assembler.steps
-
-    @steps.setter
-    def steps(self, value) -> None:
-        self.assembler.steps = value
-
-    @property
-    def dilate(self) -> int:
-        return self.assembler.dilate
-
-    @dilate.setter
-    def dilate(self, value: int) -> None:
-        self.assembler.dilate = value
-
-    @property
-    def feather(self) -> int:
-        return self.assembler.feather
-
-    @feather.setter
-    def feather(self, value: int) -> None:
-        self.assembler.feather = value
-
-    @property
-    def input_size(self):
-        return self.preparer.input_size
-
-    @input_size.setter
-    def input_size(self, value) -> None:
-        self.preparer.input_size = value
+    threshold = _setting("assembler", "threshold", "Face probability above which a pixel is in the mask (``None``: maps only).")
+    steps = _setting("assembler", "steps", "Post-processing steps applied to masks.")
+    dilate = _setting("assembler", "dilate", "Pixels each mask grows (negative: shrinks) after the steps.")
+    feather = _setting("assembler", "feather", "Feather radius of the final mask's edge, in pixels.")
+    input_size = _setting("preparer", "input_size", "Side or ``(h, w)`` inputs are resized to; ``None``: native size.")
 
     def _to_batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """uint8 inputs (one padded shape) -> the normalised float batch on the device.
