@@ -227,8 +227,8 @@ def parse_args(argv: list[str]) -> dict:
     need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
     ms = cfg["MIN_FACE_SCORE"]
     need(isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms <= 1, "MIN_FACE_SCORE", "expected a number in [0, 1]")
-    need(cfg["PRECISION"] in ("fp32", "tf32", "fp16", "bf16"), "PRECISION", "expected fp32, tf32, fp16 or bf16")
-    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT", "PER_FACE", "COMPILE"):
+    check_precision_keys(cfg, need)
+    for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT", "PER_FACE"):
         need(isinstance(cfg[name], bool), name, "expected true or false")
     mp = cfg["MAX_IMAGE_PIXELS"]
     need(mp is None or (_is_int(mp) and mp > 0), "MAX_IMAGE_PIXELS", "expected a positive integer")
@@ -270,6 +270,23 @@ def parse_args(argv: list[str]) -> dict:
         )
         cfg["WEIGHTS_SHA256"] = sha
     return cfg
+
+
+def check_precision_keys(cfg: dict, need) -> None:
+    """PRECISION and COMPILE, as every command that runs the network takes them
+    (``need(cond, key, what)`` raises the command's one-line error)."""
+    need(cfg["PRECISION"] in ("fp32", "tf32", "fp16", "bf16"), "PRECISION", "expected fp32, tf32, fp16 or bf16")
+    need(isinstance(cfg["COMPILE"], bool), "COMPILE", "expected true or false")
+
+
+def segmenter_error(cfg: dict, e: ValueError) -> ConfigError:
+    """A :class:`FaceSegmenter` refusal as the command's one-line error, naming the key."""
+    fc = cfg.get("FACE_CHANNEL")
+    if fc is not None and "face_channel" in str(e):
+        return ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}")
+    if "precision" in str(e) and "PRECISION" in cfg:
+        return ConfigError(f"PRECISION={cfg['PRECISION']}: {e}")
+    return ConfigError(str(e))
 
 
 def _resolve_device(name: str | None):
@@ -504,15 +521,10 @@ def make_segmenter(cfg, device, *, progress: bool, **override):
 
     kwargs = {kw: cfg[key] for kw, key in SEGMENTER_KEYS.items() if key in cfg}
     kwargs.update(override)
-    fc = cfg["FACE_CHANNEL"]
     try:
         return FaceSegmenter(cfg["WEIGHTS"], device=device, progress=progress, **kwargs)
     except ValueError as e:
-        if fc is not None and "face_channel" in str(e):
-            raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
-        if "precision" in str(e):
-            raise ConfigError(f"PRECISION={cfg['PRECISION']}: {e}") from None
-        raise ConfigError(str(e)) from None
+        raise segmenter_error(cfg, e) from None
 
 
 @dataclass

@@ -44,6 +44,7 @@ EXIT_STATUSES = {
 
 
 def _keys():
+    from .cli import KEYS as batch_keys
     from .keys import Key
 
     return {
@@ -82,6 +83,9 @@ def _keys():
         ),
         "DEVICE": Key(None, "with IMGS_DIR or DATA_DIR: cpu, cuda or cuda:N; null: cuda when available"),
         "BATCH_SIZE": Key(1, "with IMGS_DIR or DATA_DIR: images per forward pass"),
+        # The batch command's keys, unchanged: what a precision costs in IoU is measured here.
+        "PRECISION": batch_keys["PRECISION"],
+        "COMPILE": batch_keys["COMPILE"],
         "RECURSIVE": Key(False, "also match files in sub-folders (by relative path)"),
         "OUT": Key(None, "write the JSON report here; null: OUT_DIR/eval.json, or stdout without OUT_DIR"),
         "OUT_DIR": Key(None, "folder for eval.json (when OUT is not given)"),
@@ -99,6 +103,7 @@ EVAL_STRING_KEYS = (
     "WEIGHTS_FILE",
     "MODEL_PARAMS_DIR",
     "POSTPROCESS",
+    "PRECISION",
     "DEVICE",
     "OUT",
     "OUT_DIR",
@@ -136,6 +141,7 @@ def check_eval_config(cfg: dict) -> dict:
     Raises:
         ConfigError: One line naming the key and what is expected.
     """
+    from .cli import check_precision_keys
     from .keys import is_int, is_number
 
     cfg = dict(cfg)
@@ -172,6 +178,9 @@ def check_eval_config(cfg: dict) -> dict:
     need(s is None or s == "auto" or (is_int(s) and s >= 1), "INPUT_SIZE", "expected auto, null or a positive integer")
     for name in ("RECURSIVE", "PROGRESS"):
         need(isinstance(cfg[name], bool), name, "expected true or false")
+    check_precision_keys(cfg, need)
+    if cfg["PRED_DIR"] is not None and (cfg["PRECISION"] != "fp32" or cfg["COMPILE"]):
+        raise ConfigError("PRECISION and COMPILE apply to IMGS_DIR or DATA_DIR (segmenting); PRED_DIR scores files that exist")
     for name in ("GT_DIR", "PRED_DIR", "IMGS_DIR", "DATA_DIR", "WEIGHTS_FILE", "MODEL_PARAMS_DIR", "OUT", "OUT_DIR"):
         if cfg[name] is not None:
             cfg[name] = str(Path(cfg[name]).expanduser())
@@ -216,10 +225,14 @@ def run(cfg: dict) -> int:
                 input_size=cfg["INPUT_SIZE"],
                 threshold=cfg["THRESHOLD"],
                 postprocess=cfg["POSTPROCESS"],
+                precision=cfg["PRECISION"],
+                compile=cfg["COMPILE"],
                 progress=cfg["PROGRESS"],
             )
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            from .cli import segmenter_error
+
+            raise segmenter_error(cfg, e) from None
         if cfg["DATA_DIR"] is not None:
             report = evaluate_data_dir(
                 segmenter, cfg["DATA_DIR"], batch_size=cfg["BATCH_SIZE"], progress=cfg["PROGRESS"]
@@ -238,6 +251,8 @@ def run(cfg: dict) -> int:
             weights_file=cfg["WEIGHTS_FILE"],
             weights_source=str(segmenter.weights_source),
             input_size=segmenter.input_size,
+            precision=segmenter.precision,
+            device=str(segmenter.device),
             threshold=cfg["THRESHOLD"],
             postprocess=cfg["POSTPROCESS"],
         )

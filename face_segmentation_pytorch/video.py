@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import _first_line, _plural, _resolve_device
+from .cli import KEYS as _BATCH_KEYS
+from .cli import _first_line, _plural, _resolve_device, check_precision_keys, segmenter_error
 from .keys import Key, is_number, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
@@ -57,6 +58,9 @@ KEYS: dict[str, Key] = {
     "WEIGHTS_FILE": Key(None, "run the weights in this file with WEIGHTS' architecture and preprocessing"),
     "DEVICE": Key(None, "cpu, cuda or cuda:N; null: cuda when available, else cpu"),
     "BACKEND": Key("torch", "torch, or onnxruntime (CPU; the onnx extra)"),
+    # The batch command's keys, unchanged: e.g. PRECISION=fp16 COMPILE=true on a GPU.
+    "PRECISION": _BATCH_KEYS["PRECISION"],
+    "COMPILE": _BATCH_KEYS["COMPILE"],
     "INPUT_SIZE": Key(
         _AUTO,
         "auto: the weights' input size (256 for LinkNet, 500 or 300 for FCN-8s); an int: that square size "
@@ -88,7 +92,7 @@ KEYS: dict[str, Key] = {
 
 _STRING_KEYS = (
     "SOURCE", "OUT", "MASKS_DIR", "WEIGHTS", "MODEL_PARAMS_DIR", "WEIGHTS_FILE", "DEVICE", "BACKEND",
-    "POSTPROCESS", "STYLE", "BACKGROUND", "COLOR", "CODEC",
+    "PRECISION", "POSTPROCESS", "STYLE", "BACKGROUND", "COLOR", "CODEC",
 )
 
 USAGE = f"usage: python -m {PROG} SOURCE=<video, 'frames/*.png' or camera index> OUT=<result.mp4> [KEY=VALUE ...]"
@@ -146,6 +150,7 @@ def parse_args(argv: list[str]) -> dict:
     need(s is None or s == _AUTO or (_is_int(s) and s >= 1), "INPUT_SIZE", "expected auto, null or a positive integer")
     need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
     need(cfg["STYLE"] in ("overlay", "fade", "cutout"), "STYLE", "expected overlay, fade or cutout")
+    check_precision_keys(cfg, need)
     sm = cfg["SMOOTH"]
     need(is_number(sm) and 0 <= sm < 1, "SMOOTH", "expected a number in [0, 1) (0: off; e.g. 0.5)")
     mf = cfg["MAX_FRAMES"]
@@ -306,10 +311,12 @@ def _run(cfg, device, source, out, created) -> int:
             dilate=cfg["DILATE"],
             feather=cfg["FEATHER"],
             backend=cfg["BACKEND"],
+            precision=cfg["PRECISION"],
+            compile=cfg["COMPILE"],
             progress=cfg["PROGRESS"],
         )
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise segmenter_error(cfg, e) from None
     fps = float(cfg["FPS"] or source.fps or DEFAULT_FPS)
     sink = None
     if out is not None:
@@ -322,6 +329,7 @@ def _run(cfg, device, source, out, created) -> int:
         f"{PROG}: {source.spec} ({source.describe()}); weights {segmenter.weights_source}, device {device}"
         + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
         + f", input size {segmenter.input_size or 'native'}"
+        + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
         + (f", smoothing {cfg['SMOOTH']}" if cfg["SMOOTH"] else ""),
         file=sys.stderr,
         flush=True,

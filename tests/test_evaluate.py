@@ -146,6 +146,9 @@ def test_prediction_of_another_size_and_ambiguous_names_are_failures(pred_case):
         (["PRED_DIR=nowhere"], "PRED_DIR="),
         (["PRED_DIR=x", "TRESHOLD=0.4"], "unknown key 'TRESHOLD'; did you mean THRESHOLD?"),
         (["DATA_DIR=x", "WEIGHTS=linknet34_oneflow"], "DATA_DIR brings its own images and masks; drop GT_DIR"),
+        (["PRED_DIR=x", "PRECISION=fp64"], "PRECISION='fp64' is invalid: expected fp32, tf32, fp16 or bf16"),
+        (["PRED_DIR=x", "PRECISION=bf16"], "PRECISION and COMPILE apply to IMGS_DIR or DATA_DIR"),
+        (["PRED_DIR=x", "COMPILE=maybe"], "COMPILE='maybe' is invalid: expected true or false"),
     ],
 )
 def test_evaluate_command_mistakes(tmp_path, monkeypatch, capsys, args, message):
@@ -206,6 +209,39 @@ def test_model_mode_scores_what_face_segmenter_predicts(slim_run, tmp_path):
     assert report["summary"]["mean_iou"] == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
     assert 0.0 < report["summary"]["mean_iou"] < 1.0  # not a degenerate all-or-nothing model
     assert report["weights"] == "fcn8s_300_no_aug" and report["input_size"] == 32
+
+
+def test_precision_is_measured_as_asked_and_refused_in_one_line(slim_run, tmp_path):
+    """PRECISION reaches the network: the scores are those of a bfloat16
+    FaceSegmenter (where the CPU has native bfloat16), the report says which
+    precision and device; fp16 on the CPU is one error line naming the key."""
+    from face_segmentation_pytorch.pipeline.precision import _cpu_has_native_bf16
+
+    weights, data = slim_run
+    common = ["WEIGHTS=fcn8s_300_no_aug", f"WEIGHTS_FILE={weights}", "INPUT_SIZE=32", f"IMGS_DIR={data / 'images'}",
+              f"GT_DIR={data / 'masks'}", "DEVICE=cpu"]
+    refused = run_evaluate(*common, "PRECISION=fp16", f"OUT_DIR={tmp_path / 'fp16'}")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("error: PRECISION=fp16: precision fp16 is refused on the CPU"), refused.stderr
+    assert not (tmp_path / "fp16").exists()
+    if not _cpu_has_native_bf16():
+        return  # bf16 is then refused as fp16 is (test_precision.py)
+    proc = run_evaluate(*common, "PRECISION=bf16", f"OUT_DIR={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["precision"] == "bf16" and report["device"] == "cpu"
+    seg = fsp.FaceSegmenter("fcn8s_300_no_aug", weights_file=weights, input_size=32, device="cpu", precision="bf16")
+    exact = fsp.FaceSegmenter("fcn8s_300_no_aug", weights_file=weights, input_size=32, device="cpu")
+    moved = 0.0
+    images = {p.stem: p for p in (data / "images").iterdir()}
+    assert len(report["per_image"]) == len(images)
+    for r in report["per_image"]:
+        path = images[r["name"]]
+        got = seg.segment(path)
+        gt = np.asarray(Image.open(data / "masks" / path.name)) > 0
+        assert r["iou"] == pytest.approx((got.mask & gt).sum() / ((got.mask | gt).sum() + 1e-6), abs=1e-12)
+        moved = max(moved, float(np.abs(got.pmap - exact.segment(path).pmap).max()))
+    assert moved > 0  # the scored network ran in bfloat16, not float32
 
 
 def test_train_then_evaluate_agree(tmp_path, slim_weights_dir):

@@ -288,6 +288,9 @@ def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path, linknet_dir):
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "STYLE=sepia"], "STYLE"),
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "BACKGROUND=0,300,0"], "BACKGROUND"),
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "SMOTH=0.5"], "did you mean SMOOTH"),
+        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "PRECISION=half"], "PRECISION='half' is invalid"),
+        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "DEVICE=cpu", "PRECISION=fp16"], "PRECISION=fp16: precision fp16 is refused on the CPU"),
+        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "COMPILE=sometimes"], "COMPILE='sometimes' is invalid"),
     ],
 )
 def test_mistakes_give_one_line_exit_2_and_leave_nothing(tmp_path, clip, linknet_dir, capsys, monkeypatch, args, words):

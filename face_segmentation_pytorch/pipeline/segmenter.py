@@ -493,6 +493,10 @@ class FaceSegmenter:
         elif self._compiled is not None:
             self._compile_batch = n
         x = batch.to(self.device, self.dtype, non_blocking=True)
+        if model is not self.model and self._cuda_graphs:
+            # Each call is a new step: the previous call's graph outputs may be
+            # reused (its probabilities are already copies: logits_to_pmap).
+            torch.compiler.cudagraph_mark_step_begin()
         with precision_scope(self.precision, self.device):
             try:
                 out = self.family.forward_pmap(model, x, self.face_channel)
@@ -523,6 +527,7 @@ class FaceSegmenter:
             f"({mode or 'default'} mode); the first batch waits for it",
             file=sys.stderr,
         )
+        self._cuda_graphs = mode == "reduce-overhead" and self.device.type == "cuda"
         self._compile_start = time.perf_counter()
         self._compile_checked = False
         self._compile_batch = 0
