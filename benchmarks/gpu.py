@@ -10,7 +10,9 @@ the dense count), the fraction of that peak, peak memory, and the relative error
 and mask disagreement against the same network in fp32 on the CPU (which the test
 suite checks against Caffe to below 1e-5); LinkNet34 at 256x256 the same way; then
 the CLI on a generated folder of 640x480 JPEGs against the forward alone at the same
-settings, with PIPELINE=threads and PIPELINE=processes. Needs a CUDA device: without one it says so and exits with status 1.
+settings, with PIPELINE=threads and PIPELINE=processes; then the video command on a
+generated 640x480 clip (LinkNet34, batch 1) against LinkNet34's batch-1 forward.
+Needs a CUDA device: without one it says so and exits with status 1.
 """
 
 from __future__ import annotations
@@ -139,6 +141,50 @@ def cli_rows(weights_dir: Path, n_images: int, precisions, batch: int):
     return rows
 
 
+def _video_bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fsp_bench_video", ROOT / "benchmarks" / "video.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def video_rows(settings, frames: int, device: str = "cuda") -> list[dict]:
+    """The video command (a subprocess, as a user runs it) on a generated 640x480
+    MJPG clip, LinkNet34 at 256x256, batch 1, per ``(precision, compile)``.
+
+    ``frames_per_s`` is the command's own summary; ``frames_per_s_after_compile``
+    takes the compilation time it prints out of the elapsed time (a long clip
+    makes the two close; compiling is a one-off per process)."""
+    bench = _video_bench_module()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clip = bench.make_clip(tmp / "clip.avi", frames, (640, 480))
+        weights = tmp / "weights"
+        weights.mkdir()
+        torch.save(bench.random_linknet().state_dict(), weights / "linknet_oneflow_model.pt")
+        for precision, compile_ in settings:
+            proc = subprocess.run(
+                [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip}", f"OUT={tmp / 'out.avi'}",
+                 f"MODEL_PARAMS_DIR={weights}", f"DEVICE={device}", f"PRECISION={precision}",
+                 f"COMPILE={str(compile_).lower()}", "PROGRESS=false"],
+                capture_output=True, text=True,
+            )
+            m = re.search(r"(\d+) frames in ([\d.]+) s, ([\d.]+) frames/s", proc.stderr)
+            c = re.search(r"compiled \(.*?\) in ([\d.]+) s", proc.stderr)
+            row = {"precision": precision, "compile": compile_, "returncode": proc.returncode,
+                   "stderr_tail": proc.stderr[-500:]}
+            if m:
+                n, elapsed = int(m.group(1)), float(m.group(2))
+                compile_s = float(c.group(1)) if c else 0.0
+                row.update(frames=n, frames_per_s=float(m.group(3)), compile_s=compile_s,
+                           frames_per_s_after_compile=round(n / max(elapsed - compile_s, 1e-9), 1))
+            rows.append(row)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="also write the results here")
@@ -146,6 +192,7 @@ def main() -> int:
     ap.add_argument("--skip-compile", action="store_true")
     # Enough that the workers' start-up (spawn, import torch) is a small part of the run.
     ap.add_argument("--cli-images", type=int, default=1024)
+    ap.add_argument("--video-frames", type=int, default=3000, help="frames of the generated 640x480 clip (0: skip)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("error: no CUDA device is visible; this benchmark measures GPUs (nothing was measured)", file=sys.stderr)
@@ -183,8 +230,21 @@ def main() -> int:
         f = forward.get(r["precision"])
         ratio = f"{r['cli_images_per_s'] / f:.2f}" if f and r["cli_images_per_s"] else "-"
         print(f"| {r['precision']} | {r['pipeline']} | {r['cli_images_per_s']} | {f} | {ratio} |")
+    video = []
+    if args.video_frames:
+        settings = [("fp32", False), ("fp16", False)] + ([] if args.skip_compile else [("fp16", True)])
+        video = video_rows(settings, args.video_frames)
+        link1 = {(r["precision"], r["compile"]): r["images_per_s"] for r in rows
+                 if r.get("model") == "linknet34" and r.get("batch") == 1 and "error" not in r}
+        print("| precision | compile | video command frames/s (after compiling) | forward frames/s (batch 1) | ratio |")
+        print("|---|---|---|---|---|")
+        for r in video:
+            f = link1.get((r["precision"], r["compile"]))
+            got = r.get("frames_per_s_after_compile")
+            ratio = f"{got / f:.2f}" if f and got else "-"
+            print(f"| {r['precision']} | {r['compile']} | {r.get('frames_per_s')} ({got}) | {f} | {ratio} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "forward": rows, "cli": cli}, indent=1))
+        Path(args.json).write_text(json.dumps({"info": info, "forward": rows, "cli": cli, "video": video}, indent=1))
     return 0
 
 
