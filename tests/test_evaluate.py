@@ -217,7 +217,9 @@ def test_precision_is_measured_as_asked_and_refused_in_one_line(slim_run, tmp_pa
     precision and device; fp16 on the CPU is one error line naming the key."""
     from face_segmentation_pytorch.pipeline.precision import _cpu_has_native_bf16
 
-    weights, data = slim_run
+    weights, _ = slim_run
+    # Its own images and masks (another test adds a ground truth without an image to the shared ones).
+    data = make_synthetic_dataset(tmp_path / "data", 4, size=32, seed=11)
     common = ["WEIGHTS=fcn8s_300_no_aug", f"WEIGHTS_FILE={weights}", "INPUT_SIZE=32", f"IMGS_DIR={data / 'images'}",
               f"GT_DIR={data / 'masks'}", "DEVICE=cpu"]
     refused = run_evaluate(*common, "PRECISION=fp16", f"OUT_DIR={tmp_path / 'fp16'}")
@@ -226,9 +228,9 @@ def test_precision_is_measured_as_asked_and_refused_in_one_line(slim_run, tmp_pa
     assert not (tmp_path / "fp16").exists()
     if not _cpu_has_native_bf16():
         return  # bf16 is then refused as fp16 is (test_precision.py)
-    proc = run_evaluate(*common, "PRECISION=bf16", f"OUT_DIR={tmp_path}")
+    proc = run_evaluate(*common, "PRECISION=bf16", f"OUT_DIR={tmp_path / 'bf16'}")
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "eval.json").read_text())
+    report = json.loads((tmp_path / "bf16" / "eval.json").read_text())
     assert report["precision"] == "bf16" and report["device"] == "cpu"
     seg = fsp.FaceSegmenter("fcn8s_300_no_aug", weights_file=weights, input_size=32, device="cpu", precision="bf16")
     exact = fsp.FaceSegmenter("fcn8s_300_no_aug", weights_file=weights, input_size=32, device="cpu")
