@@ -279,16 +279,6 @@ def check_precision_keys(cfg: dict, need) -> None:
     need(isinstance(cfg["COMPILE"], bool), "COMPILE", "expected true or false")
 
 
-def segmenter_error(cfg: dict, e: ValueError) -> ConfigError:
-    """A :class:`FaceSegmenter` refusal as the command's one-line error, naming the key."""
-    fc = cfg.get("FACE_CHANNEL")
-    if fc is not None and "face_channel" in str(e):
-        return ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}")
-    if "precision" in str(e) and "PRECISION" in cfg:
-        return ConfigError(f"PRECISION={cfg['PRECISION']}: {e}")
-    return ConfigError(str(e))
-
-
 def _resolve_device(name: str | None):
     import torch
 
@@ -507,7 +497,8 @@ def make_segmenter(cfg, device, *, progress: bool, **override):
     """The :class:`FaceSegmenter` the command line's keys describe.
 
     Args:
-        cfg: The command line's keys.
+        cfg: A command's keys (batch, video, evaluate): each ``SEGMENTER_KEYS``
+            key it has is passed on.
         device: The device to run on (``None``: CUDA when visible, else CPU).
         progress: Show download progress.
         override: FaceSegmenter keywords to use instead of the keys' values.
@@ -524,7 +515,13 @@ def make_segmenter(cfg, device, *, progress: bool, **override):
     try:
         return FaceSegmenter(cfg["WEIGHTS"], device=device, progress=progress, **kwargs)
     except ValueError as e:
-        raise segmenter_error(cfg, e) from None
+        # One line naming the key (the video and evaluate commands have no FACE_CHANNEL).
+        fc = cfg.get("FACE_CHANNEL")
+        if fc is not None and "face_channel" in str(e):
+            raise ConfigError(f"FACE_CHANNEL={fc} is invalid: {e}") from None
+        if "precision" in str(e):
+            raise ConfigError(f"PRECISION={cfg['PRECISION']}: {e}") from None
+        raise ConfigError(str(e)) from None
 
 
 @dataclass

@@ -208,7 +208,8 @@ def run(cfg: dict) -> int:
         )
         source = f"predictions in {cfg['PRED_DIR']}"
     else:
-        from .pipeline.segmenter import FaceSegmenter, resolve_device
+        from .cli import make_segmenter
+        from .pipeline.segmenter import resolve_device
         from .pipeline.weights import get_weights
 
         get_weights(cfg["WEIGHTS"])
@@ -216,23 +217,8 @@ def run(cfg: dict) -> int:
             device = resolve_device(cfg["DEVICE"])
         except (RuntimeError, ValueError) as e:
             raise ConfigError(f"DEVICE={cfg['DEVICE']!r} is invalid: {e}") from None
-        try:
-            segmenter = FaceSegmenter(
-                cfg["WEIGHTS"],
-                params_dir=cfg["MODEL_PARAMS_DIR"],
-                weights_file=cfg["WEIGHTS_FILE"],
-                device=device,
-                input_size=cfg["INPUT_SIZE"],
-                threshold=cfg["THRESHOLD"],
-                postprocess=cfg["POSTPROCESS"],
-                precision=cfg["PRECISION"],
-                compile=cfg["COMPILE"],
-                progress=cfg["PROGRESS"],
-            )
-        except ValueError as e:
-            from .cli import segmenter_error
-
-            raise segmenter_error(cfg, e) from None
+        # The batch command's segmenter; this command's threshold key is THRESHOLD.
+        segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"], threshold=cfg["THRESHOLD"])
         if cfg["DATA_DIR"] is not None:
             report = evaluate_data_dir(
                 segmenter, cfg["DATA_DIR"], batch_size=cfg["BATCH_SIZE"], progress=cfg["PROGRESS"]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .cli import KEYS as _BATCH_KEYS
-from .cli import _first_line, _plural, _resolve_device, check_precision_keys, segmenter_error
+from .cli import _first_line, _plural, _resolve_device, check_precision_keys, make_segmenter
 from .keys import Key, is_number, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
@@ -284,7 +284,6 @@ def run(cfg: dict) -> int:
 
 def _run(cfg, device, source, out, created) -> int:
     from .pipeline.atomic import ensure_writable_dir
-    from .pipeline.segmenter import FaceSegmenter
     from .pipeline.video import DEFAULT_FPS, MaskSink, VideoSink, segment_video
 
     for key, folder in (("OUT", out.parent if out else None), ("MASKS_DIR", cfg["MASKS_DIR"])):
@@ -299,24 +298,8 @@ def _run(cfg, device, source, out, created) -> int:
             raise ConfigError(
                 f"{key}={cfg[key]}: cannot write in {folder} ({e.strerror or e}); choose a writable folder"
             ) from None
-    try:
-        segmenter = FaceSegmenter(
-            cfg["WEIGHTS"],
-            params_dir=cfg["MODEL_PARAMS_DIR"],
-            weights_file=cfg["WEIGHTS_FILE"],
-            device=device,
-            input_size=cfg["INPUT_SIZE"],
-            threshold=cfg["MASK_THRESHOLD"],
-            postprocess=cfg["POSTPROCESS"],
-            dilate=cfg["DILATE"],
-            feather=cfg["FEATHER"],
-            backend=cfg["BACKEND"],
-            precision=cfg["PRECISION"],
-            compile=cfg["COMPILE"],
-            progress=cfg["PROGRESS"],
-        )
-    except ValueError as e:
-        raise segmenter_error(cfg, e) from None
+    # The batch command's segmenter from the keys this command shares with it.
+    segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"])
     fps = float(cfg["FPS"] or source.fps or DEFAULT_FPS)
     sink = None
     if out is not None:
