@@ -19,6 +19,8 @@ setup(
     # 3.10: type unions such as ``int | tuple[int, int]`` are evaluated at import.
     python_requires=">=3.10",
     packages=find_packages(include=["face_segmentation_pytorch", "face_segmentation_pytorch.*"]),
+    # The labelling page's scripts and styles ship in the package (it works offline).
+    package_data={"face_segmentation_pytorch.label": ["static/*"]},
     install_requires=[
         # 2.4: torch.is_autocast_enabled(device_type) (the fast path's autocast check);
         # load_state_dict(assign=True) needs 2.1. Tested on 2.13.0 (README).
@@ -46,6 +48,10 @@ setup(
         # ENGINE=ray (pipeline/ray_engine.py): Ray Data's map_batches with an actor pool;
         # 2.9 has ActorPoolStrategy(size=...) and the numpy batch format used there.
         "ray": ["ray[data]>=2.9"],
+        # The video command reads and writes files through FFmpeg's own libraries
+        # (PyAV's wheels carry FFmpeg with libx264, libvpx, AAC and Opus); OpenCV stays
+        # for cameras and SHOW.
+        "video": ["av>=12", "opencv-python-headless>=4.5,<5"],
         "test": [
             "pytest>=7",
             "protobuf>=4.21",
@@ -60,6 +66,9 @@ setup(
             "onnxscript>=0.1",
             "onnxruntime>=1.16",
             "ray[data]>=2.9",
+            "av>=12",
+            "selenium>=4.10",
+            "ruff>=0.6",
         ],
     },
     entry_points={
