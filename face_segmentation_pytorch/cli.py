@@ -25,7 +25,10 @@ from .keys import Key, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
 
-__all__ = ["main", "parse_args", "KEYS", "collect_inputs", "make_segmenter", "plan_run", "Plan", "SEGMENTER_KEYS"]
+__all__ = [
+    "main", "parse_args", "KEYS", "collect_inputs", "make_segmenter", "plan_run", "Plan", "SEGMENTER_KEYS",
+    "RUN_SETTINGS_NAME", "OUTPUT_KEYS", "output_settings", "check_rerun_settings", "record_settings",
+]
 
 
 _AUTO = "auto"
@@ -536,6 +539,8 @@ class Plan:
     stems: list[Path]
     todo: list[int]
     user_boxes: list | None
+    settings_path: Path | None = None
+    settings: dict | None = None
 
     @property
     def skipped(self) -> int:
@@ -569,6 +574,11 @@ def plan_run(cfg: dict, out_dir: Path | None, created: list[Path]) -> Plan:
         i for i in range(len(images))
         if cfg["OVERWRITE"] or not all(stems[i].with_name(stems[i].name + k).exists() for k in kinds)
     ]
+    settings_path = (out_dir or root) / RUN_SETTINGS_NAME
+    settings = output_settings(cfg)
+    check_rerun_settings(
+        settings_path, settings, kinds, cfg["OVERWRITE"], "OUT_DIR" if out_dir is not None else "IMGS_DIR"
+    )
     user_boxes = None
     if cfg["BOXES"] is not None:
         from .pipeline.crop import load_boxes_file
@@ -580,7 +590,107 @@ def plan_run(cfg: dict, out_dir: Path | None, created: list[Path]) -> Plan:
         user_boxes = [
             table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images
         ]
-    return Plan(out_dir, images, root, missing, kinds, stems, todo, user_boxes)
+    return Plan(out_dir, images, root, missing, kinds, stems, todo, user_boxes, settings_path, settings)
+
+
+#: Kept beside a run's outputs: the settings that decided them (the rerun rule).
+RUN_SETTINGS_NAME = "face_segmentation_run.json"
+
+#: The keys whose values decide what the outputs hold. DEVICE, BATCH_SIZE, BACKEND,
+#: PIPELINE, COMPILE and ENGINE are left out: they compute the same outputs.
+OUTPUT_KEYS = (
+    "WEIGHTS", "WEIGHTS_FILE", "INPUT_SIZE", "FACE_CHANNEL", "PRE_NORMALIZE", "PRECISION", "MASK_THRESHOLD",
+    "POSTPROCESS", "DILATE", "FEATHER", "HEATMAP_FORMAT", "OVERLAY", "CUTOUT", "CROP", "BOXES", "PER_FACE",
+    "MIN_FACE_SCORE",
+)
+
+
+def output_settings(cfg: dict) -> dict:
+    """The settings that decide a run's outputs, as JSON-ready values.
+
+    Files are named by their resolved path; a weights file also by its size and
+    modification time, so converting other weights to the same name counts as
+    a change.
+    """
+    out = {key: cfg[key] for key in OUTPUT_KEYS}
+    for key in ("WEIGHTS_FILE", "BOXES"):
+        if out[key] is not None:
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    if out["WEIGHTS_FILE"] is not None:
+        try:
+            st = Path(out["WEIGHTS_FILE"]).stat()
+            out["WEIGHTS_FILE"] += f" ({st.st_size} bytes, modified {st.st_mtime_ns})"
+        except OSError:
+            pass  # a missing file is reported where it is loaded
+    return out
+
+
+def _read_record(path: Path) -> dict:
+    """The settings recorded per output kind (``{"__mask.png": {...}, ...}``); empty when there is none."""
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))["outputs"]
+        if not isinstance(record, dict):
+            raise ValueError(record)
+        return record
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"{path}: unreadable record of an earlier run's settings; delete it, or pass OVERWRITE=true"
+        ) from None
+
+
+def check_rerun_settings(path: Path, settings: dict, kinds: list[str], overwrite: bool, folder_key: str) -> None:
+    """The rerun rule: outputs made with other settings are never kept silently.
+
+    The record holds, per output kind (``__mask.png``, ``__heatmap.png``...), the
+    settings that made the files of that kind; a run that writes a kind made
+    with other settings stops, unless ``overwrite`` redoes every image.
+
+    Raises:
+        ConfigError: One line naming the changed keys and the fix.
+    """
+    if overwrite:
+        return
+    record = _read_record(path)
+    changed: dict[str, str] = {}
+    for kind in kinds:
+        saved = record.get(kind)
+        if saved is None:
+            continue
+        for key, value in settings.items():
+            if saved.get(key) != value:
+                changed[key] = f"{key} was {_show(saved.get(key))}, now {_show(value)}"
+    if changed:
+        raise ConfigError(
+            f"{folder_key}={path.parent} holds outputs made with other settings ({'; '.join(changed.values())}): "
+            f"pass OVERWRITE=true to redo every image with the new ones, or choose another OUT_DIR"
+        )
+
+
+def _show(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def record_settings(plan: Plan) -> None:
+    """Record the run's output settings beside its outputs, per kind (once the run starts writing)."""
+    import json
+
+    from .pipeline.atomic import save_atomic
+
+    if plan.settings_path is None or plan.settings is None:
+        return
+    try:
+        record = _read_record(plan.settings_path)
+    except ConfigError:
+        record = {}  # OVERWRITE=true over a damaged record: this run's settings replace it
+    if all(record.get(kind) == plan.settings for kind in plan.kinds):
+        return
+    record.update({kind: plan.settings for kind in plan.kinds})
+    text = json.dumps({"outputs": record}, indent=1, sort_keys=True) + "\n"
+    save_atomic(plan.settings_path, lambda f: f.write(text.encode("utf-8")))
 
 
 def nothing_to_do(cfg: dict, plan: Plan) -> bool:
@@ -634,6 +744,7 @@ def _run(cfg: dict, created: list[Path]) -> int:
     workers = (ProcessWorkers if pipeline == "processes" else ThreadWorkers)(n_workers)
     try:
         segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"])
+        record_settings(plan)
     except BaseException:
         workers.shutdown()
         raise

@@ -10,10 +10,14 @@ Three modes:
   segment the images with :class:`~face_segmentation_pytorch.FaceSegmenter`,
   then score;
 - ``WEIGHTS=<entry> DATA_DIR=<training data>``: the same on the validation
-  part of a training data folder (the seed's ``img_test.npy``: its protocol).
+  part of a training data folder (the seed's ``img_test.npy``: its protocol),
+  or on the trainer's own seeded split with ``VAL_FRACTION`` and ``SEED``;
+  ``RUN_DIR=<training run>`` reads DATA_DIR, VAL_FRACTION, SEED and WEIGHTS
+  from the run's ``config.yaml`` and scores its ``best.pt`` on the very
+  images the run validated on.
 
 Prints a table and writes the JSON report (scores, per-image list, failures)
-to ``OUT``, else ``OUT_DIR/eval.json``, else stdout. Exit status: 0 every
+to ``OUT`` (``-``: stdout), else ``OUT_DIR/eval.json``, else nowhere. Exit status: 0 every
 ground truth scored, 1 some could not be (listed), 2 a mistake in the
 command, 3 the weights could not be obtained or verified, 130 Ctrl-C.
 """
@@ -30,7 +34,8 @@ __all__ = ["main", "EVAL_KEYS", "EXIT_STATUSES", "USAGE", "parse_eval_args", "ch
 USAGE = (
     "usage: python -m face_segmentation_pytorch.evaluate PRED_DIR=<folder> GT_DIR=<folder> [KEY=VALUE ...]\n"
     "   or: python -m face_segmentation_pytorch.evaluate WEIGHTS=<entry> IMGS_DIR=<folder> GT_DIR=<folder> [KEY=VALUE ...]\n"
-    "   or: python -m face_segmentation_pytorch.evaluate WEIGHTS=<entry> DATA_DIR=<training data folder> [KEY=VALUE ...]"
+    "   or: python -m face_segmentation_pytorch.evaluate WEIGHTS=<entry> DATA_DIR=<training data folder> [KEY=VALUE ...]\n"
+    "   or: python -m face_segmentation_pytorch.evaluate RUN_DIR=<training run folder> [KEY=VALUE ...]"
 )
 
 #: This command's exit statuses (``--help`` lists them).
@@ -62,6 +67,17 @@ def _keys():
             "instead of IMGS_DIR and GT_DIR: a training data folder; its validation part is segmented and scored "
             "(the seed's img_test.npy + mask_test.npy, or img_val.npy, or val/): the seed's test protocol",
         ),
+        "VAL_FRACTION": Key(
+            None,
+            "with DATA_DIR: null: the data's own validation part (img_test.npy / img_val.npy, val/); a number: "
+            "the trainer's seeded split of that share (with SEED), as train VAL_FRACTION=... made it",
+        ),
+        "SEED": Key(0, "with DATA_DIR and VAL_FRACTION: the seed of the trainer's split"),
+        "RUN_DIR": Key(
+            None,
+            "a training run folder: its config.yaml gives DATA_DIR, VAL_FRACTION, SEED and WEIGHTS, and its best.pt "
+            "is scored (WEIGHTS_FILE overrides) on the images the run validated on",
+        ),
         "WEIGHTS": Key(
             None,
             "with IMGS_DIR or DATA_DIR: the weights entry (fcn8s_500, linknet34_oneflow, ...) whose network and preprocessing run",
@@ -87,7 +103,10 @@ def _keys():
         "PRECISION": batch_keys["PRECISION"],
         "COMPILE": batch_keys["COMPILE"],
         "RECURSIVE": Key(False, "also match files in sub-folders (by relative path)"),
-        "OUT": Key(None, "write the JSON report here; null: OUT_DIR/eval.json, or stdout without OUT_DIR"),
+        "OUT": Key(
+            None, "write the JSON report here ('-': to stdout, the table then goes to stderr); null: OUT_DIR/eval.json, "
+            "or no JSON (the table only)"
+        ),
         "OUT_DIR": Key(None, "folder for eval.json (when OUT is not given)"),
         "SHOW": Key(10, "images with the lowest IoU listed in the table"),
         "PROGRESS": Key(True, "progress on stderr"),
@@ -99,6 +118,7 @@ EVAL_STRING_KEYS = (
     "PRED_DIR",
     "IMGS_DIR",
     "DATA_DIR",
+    "RUN_DIR",
     "WEIGHTS",
     "WEIGHTS_FILE",
     "MODEL_PARAMS_DIR",
@@ -144,7 +164,7 @@ def check_eval_config(cfg: dict) -> dict:
     from .cli import check_precision_keys
     from .keys import is_int, is_number
 
-    cfg = dict(cfg)
+    cfg = _from_run_dir(dict(cfg))
 
     def need(cond: bool, name: str, what: str) -> None:
         if not cond:
@@ -174,6 +194,11 @@ def check_eval_config(cfg: dict) -> dict:
     need(is_number(t) and 0 < t < 1, "THRESHOLD", "expected a number strictly between 0 and 1")
     need(is_int(cfg["BATCH_SIZE"]) and cfg["BATCH_SIZE"] >= 1, "BATCH_SIZE", "expected an integer >= 1")
     need(is_int(cfg["SHOW"]) and cfg["SHOW"] >= 0, "SHOW", "expected an integer >= 0")
+    vf = cfg["VAL_FRACTION"]
+    need(vf is None or (is_number(vf) and 0 < vf < 1), "VAL_FRACTION", "expected null or a number in (0, 1)")
+    need(is_int(cfg["SEED"]) and cfg["SEED"] >= 0, "SEED", "expected an integer >= 0")
+    if cfg["DATA_DIR"] is None and (vf is not None or cfg["SEED"] != 0):
+        raise ConfigError("VAL_FRACTION and SEED choose the validation split of DATA_DIR (or RUN_DIR); give one")
     s = cfg["INPUT_SIZE"]
     need(s is None or s == "auto" or (is_int(s) and s >= 1), "INPUT_SIZE", "expected auto, null or a positive integer")
     for name in ("RECURSIVE", "PROGRESS"):
@@ -182,7 +207,7 @@ def check_eval_config(cfg: dict) -> dict:
     if cfg["PRED_DIR"] is not None and (cfg["PRECISION"] != "fp32" or cfg["COMPILE"]):
         raise ConfigError("PRECISION and COMPILE apply to IMGS_DIR or DATA_DIR (segmenting); PRED_DIR scores files that exist")
     for name in ("GT_DIR", "PRED_DIR", "IMGS_DIR", "DATA_DIR", "WEIGHTS_FILE", "MODEL_PARAMS_DIR", "OUT", "OUT_DIR"):
-        if cfg[name] is not None:
+        if cfg[name] is not None and not (name == "OUT" and cfg[name] == "-"):
             cfg[name] = str(Path(cfg[name]).expanduser())
     if cfg["WEIGHTS_FILE"] is not None and not Path(cfg["WEIGHTS_FILE"]).exists():
         raise ConfigError(f"WEIGHTS_FILE={cfg['WEIGHTS_FILE']}: no such file or folder")
@@ -190,6 +215,52 @@ def check_eval_config(cfg: dict) -> dict:
         from .pipeline.postprocess import parse_steps
 
         parse_steps(cfg["POSTPROCESS"])
+    return cfg
+
+
+def _from_run_dir(cfg: dict) -> dict:
+    """Fill DATA_DIR, VAL_FRACTION, SEED, WEIGHTS and WEIGHTS_FILE from a training run's folder.
+
+    Keys the user gives win, except that DATA_DIR, VAL_FRACTION and SEED must match
+    the run's (another split would score images the run trained on).
+    """
+    if cfg.get("RUN_DIR") is None:
+        return cfg
+    from omegaconf import OmegaConf
+
+    run_dir = Path(cfg["RUN_DIR"]).expanduser()
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"RUN_DIR={run_dir}: no config.yaml (not a training run folder of train OUT_DIR=...)")
+    for name in ("GT_DIR", "PRED_DIR", "IMGS_DIR"):
+        if cfg[name] is not None:
+            raise ConfigError(f"RUN_DIR scores the run's validation images; drop {name}")
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(config))
+    except Exception as e:  # a damaged file: say which
+        raise ConfigError(f"{config}: cannot read it ({str(e).splitlines()[0]})") from None
+    data_dir = saved.get("DATA_DIR")
+    if data_dir is None:
+        raise ConfigError(f"{config}: names no DATA_DIR")
+    run_values = {"DATA_DIR": data_dir, "VAL_FRACTION": saved.get("VAL_FRACTION", 0.1), "SEED": saved.get("SEED", 0)}
+    for name, value in run_values.items():
+        given = cfg[name]
+        if name == "DATA_DIR" and given is not None:
+            same = Path(given).expanduser().resolve() == Path(value).expanduser().resolve()
+        else:
+            same = given is None or given == value or (name == "SEED" and given == 0)
+        if not same:
+            raise ConfigError(f"{name}={given!r} differs from the run's {value!r} (RUN_DIR={run_dir}); drop {name}")
+        cfg[name] = value
+    if not cfg["VAL_FRACTION"]:
+        raise ConfigError(f"RUN_DIR={run_dir} trained with VAL_FRACTION=0: it held no images out to score")
+    if cfg["WEIGHTS"] is None:
+        cfg["WEIGHTS"] = saved.get("WEIGHTS")
+    if cfg["WEIGHTS_FILE"] is None:
+        best = run_dir / "best.pt"
+        if not best.is_file():
+            raise ConfigError(f"RUN_DIR={run_dir}: no best.pt yet (train it first, or give WEIGHTS_FILE=...)")
+        cfg["WEIGHTS_FILE"] = str(best)
     return cfg
 
 
@@ -221,7 +292,12 @@ def run(cfg: dict) -> int:
         segmenter = make_segmenter(cfg, device, progress=cfg["PROGRESS"], threshold=cfg["THRESHOLD"])
         if cfg["DATA_DIR"] is not None:
             report = evaluate_data_dir(
-                segmenter, cfg["DATA_DIR"], batch_size=cfg["BATCH_SIZE"], progress=cfg["PROGRESS"]
+                segmenter,
+                cfg["DATA_DIR"],
+                val_fraction=cfg["VAL_FRACTION"] or 0.0,
+                seed=cfg["SEED"],
+                batch_size=cfg["BATCH_SIZE"],
+                progress=cfg["PROGRESS"],
             )
         else:
             report = evaluate_segmenter(
@@ -244,7 +320,8 @@ def run(cfg: dict) -> int:
         )
         source = f"{cfg['WEIGHTS']} ({segmenter.weights_source}) on {cfg['DATA_DIR'] or cfg['IMGS_DIR']}"
     text = dumps(report)
-    out = Path(cfg["OUT"]) if cfg["OUT"] else Path(cfg["OUT_DIR"]) / "eval.json" if cfg["OUT_DIR"] else None
+    to_stdout = cfg["OUT"] == "-"
+    out = None if to_stdout else Path(cfg["OUT"]) if cfg["OUT"] else Path(cfg["OUT_DIR"]) / "eval.json" if cfg["OUT_DIR"] else None
     against = f" against {cfg['GT_DIR']}" if cfg["GT_DIR"] else f" ({report.info.get('part')})"
     table = f"face_segmentation_pytorch.evaluate: {source}{against}\n" + format_table(report, cfg["SHOW"])
     if out is not None:
@@ -254,10 +331,12 @@ def run(cfg: dict) -> int:
             raise ConfigError(f"cannot write the report to {out} ({e.strerror or e}); choose another OUT") from None
         print(table)
         print(f"report: {out}")
-    else:
-        # The JSON owns stdout (for a pipe); the table goes to stderr.
+    elif to_stdout:
+        # OUT=-: the JSON owns stdout (for a pipe); the table goes to stderr.
         print(table, file=sys.stderr)
         sys.stdout.write(text)
+    else:
+        print(table)
     return 1 if report.failures else 0
 
 

@@ -118,22 +118,25 @@ def test_prediction_folder_scored_by_hand(pred_case, tmp_path):
     # The table names the failure and the scores.
     assert "mean_iou        0.9167" in proc.stdout and "d: no prediction" in proc.stdout
     # THRESHOLD moves the heatmap's cut: at 0.3 the 0.4 strip is face too (I=16, U=24).
-    lower = run_evaluate(f"PRED_DIR={pred_dir}", f"GT_DIR={gt_dir}", "THRESHOLD=0.3", "PROGRESS=false")
-    doc = json.loads(lower.stdout)  # no OUT, no OUT_DIR: JSON on stdout, the table on stderr
+    lower = run_evaluate(f"PRED_DIR={pred_dir}", f"GT_DIR={gt_dir}", "THRESHOLD=0.3", "PROGRESS=false", "OUT=-")
+    doc = json.loads(lower.stdout)  # OUT=-: JSON on stdout, the table on stderr
     assert {r["name"]: r["iou"] for r in doc["per_image"]}["c"] == pytest.approx(16 / 24, rel=1e-6)
     assert "mean_iou" in lower.stderr
 
 
-def test_prediction_of_another_size_and_ambiguous_names_are_failures(pred_case):
+def test_prediction_of_another_size_is_a_failure_and_ambiguous_names_an_error(pred_case):
+    from face_segmentation_pytorch.errors import ConfigError
     from face_segmentation_pytorch.training.evaluation import evaluate_predictions
 
     pred_dir, gt_dir = pred_case
     _save(np.zeros((4, 4), np.uint8), pred_dir / "d__mask.png")
-    _save(np.zeros((8, 8), np.uint8), pred_dir / "a.png__mask.png")  # a second mask for a
     report = evaluate_predictions(pred_dir, gt_dir)
-    reasons = dict(report.failures)
-    assert "4x4 (WxH), the ground truth 8x8" in reasons["d"]
-    assert "several predictions" in reasons["a"]
+    assert "4x4 (WxH), the ground truth 8x8" in dict(report.failures)["d"]
+    # A second mask for a (from an image a.png beside a.jpg): which one to score is
+    # the user's call, so the whole evaluation stops with the candidates named.
+    _save(np.zeros((8, 8), np.uint8), pred_dir / "a.png__mask.png")
+    with pytest.raises(ConfigError, match=r"several predictions for one ground truth \(a: a.png__mask.png, a__mask.png\)"):
+        evaluate_predictions(pred_dir, gt_dir)
 
 
 @pytest.mark.parametrize(
@@ -277,6 +280,7 @@ def test_train_then_evaluate_agree(tmp_path, slim_weights_dir):
         f"DATA_DIR={data}",
         "PROGRESS=false",
         "DEVICE=cpu",
+        "OUT=-",
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)

@@ -91,7 +91,7 @@ def test_dilate_and_feather_equal_the_stated_rules(images, slim_weights_dir, tmp
     # Resumable like every other output; no temporary file left.
     again = run_cli(*args, f"OUT_DIR={out}", "FEATHER=4", "CUTOUT=true", "OVERLAY=true")
     assert "0 images done, 0 failed, 1 skipped" in again.stderr or "nothing to do" in again.stderr
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # temporary files are .<name>.partial
 
 
 def test_with_boxes_each_face_is_grown_on_its_own(images, slim_weights_dir, tmp_path):

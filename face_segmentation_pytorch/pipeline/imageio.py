@@ -12,6 +12,7 @@ from .atomic import save_atomic
 from ..errors import ImageReadError
 
 __all__ = [
+    "bits_per_sample",
     "load_image",
     "to_rgb",
     "as_rgb_image",
@@ -34,7 +35,7 @@ OUTPUT_SUFFIXES = (
 )
 
 
-def _bits_per_sample(img: Image.Image) -> int | None:
+def bits_per_sample(img: Image.Image) -> int | None:
     """The value bits the file declares for a mode ``I`` image, if any.
 
     Older Pillow releases open 16-bit grey PNGs as mode ``I``; PNG samples
@@ -95,7 +96,7 @@ def to_rgb(img: Image.Image, *, bits: int | None = None) -> Image.Image:
         return img
     if mode.startswith("I") or mode == "F":
         if bits is None and mode == "I":
-            bits = _bits_per_sample(img)
+            bits = bits_per_sample(img)
         return Image.fromarray(_scale_to_uint8(np.asarray(img), mode, bits), mode="L").convert("RGB")
     if mode in ("RGBA", "RGBa", "RGBX", "LA", "La", "PA"):
         return img.convert("RGBA" if mode != "RGBX" else "RGB").convert("RGB")
@@ -137,7 +138,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             # The declared depth, read before exif_transpose (its copy has no format or tags).
-            bits = _bits_per_sample(im) if im.mode == "I" else None
+            bits = bits_per_sample(im) if im.mode == "I" else None
             im = ImageOps.exif_transpose(im)
             return to_rgb(im, bits=bits)
     except Image.DecompressionBombError as e:

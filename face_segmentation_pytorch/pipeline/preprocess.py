@@ -58,6 +58,17 @@ def resize_bicubic_uint8(chw: torch.Tensor, size: Size) -> torch.Tensor:
     return out.squeeze(0) if squeeze else out
 
 
+def _chw_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` as a ``(3, H, W)`` tensor on its own writable memory.
+
+    ``ascontiguousarray`` returns a read-only input unchanged when the transpose
+    is already contiguous (a 1x1 image, a 1-pixel row), and torch warns about
+    every non-writable array it wraps; a copy then costs nothing worth keeping.
+    """
+    chw = np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return torch.from_numpy(chw if chw.flags.writeable else chw.copy())
+
+
 def _resize_pil_bilinear(arr: np.ndarray, size: Size) -> torch.Tensor:
     """Pillow's bilinear resize of a uint8 ``(H, W, 3)`` image, as torchvision's
     ``transforms.Resize`` does on a PIL image; returns ``(3, h, w)`` uint8."""
@@ -66,11 +77,11 @@ def _resize_pil_bilinear(arr: np.ndarray, size: Size) -> torch.Tensor:
     h, w = _as_hw(size)
     if arr.shape[:2] != (h, w):
         arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.BILINEAR))
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return _chw_tensor(arr)
 
 
 def _resize_bicubic(arr: np.ndarray, size: Size) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    x = _chw_tensor(arr)
     # Rounded and clamped to 0..255 by resize_bicubic_uint8: the cast is exact.
     return resize_bicubic_uint8(x, size).to(torch.uint8)
 
@@ -102,7 +113,7 @@ def prepare_uint8(img, preprocessing: Preprocessing, *, size: Size | None = None
     if size is not None:
         x = RESAMPLERS[preprocessing.resample](arr, size)
     else:
-        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        x = _chw_tensor(arr)
     # Resizing works per channel, so reordering after it changes no value.
     if preprocessing.channel_order == "BGR":
         x = x.flip(0)

@@ -679,6 +679,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
     probe = make_segmenter(cfg, "cpu", progress=cfg["PROGRESS"], precision=probe_precision, compile=False)
     weights_source, input_size = probe.weights_source, probe.input_size
     del probe
+    cli.record_settings(plan)
     # Actors get absolute paths: their working folder need not be ours.
     settings = {k: v for k, v in cfg.items() if v != _default(k) and not k.startswith("RAY_") and k != "ENGINE"}
     for key in ("MODEL_PARAMS_DIR", "WEIGHTS_FILE"):

@@ -73,42 +73,18 @@ class DataError(ConfigError):
 # --------------------------------------------------------------------------- reading
 
 
-def _mask_array(im) -> np.ndarray:
-    """A decoded PIL mask as a boolean ``(H, W)`` array: any non-zero value is face.
-
-    Colour masks count a pixel as face when any colour channel is non-zero
-    (alpha is ignored, or a fully opaque RGBA mask would be all face);
-    palette masks by their index (0 = background).
-    """
-    arr = np.asarray(im)
-    if arr.ndim == 3:
-        colour = arr.shape[2] - 1 if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") else arr.shape[2]
-        return np.any(arr[..., :colour] != 0, axis=2)
-    return arr != 0
-
-
 def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask file as a boolean ``(H, W)`` array (EXIF orientation applied,
-    as :func:`~face_segmentation_pytorch.load_image` does for images).
+    """Read a mask file as a boolean ``(H, W)`` array by the package's one mask rule
+    (:mod:`face_segmentation_pytorch.pipeline.masks`: a palette index != 0, a 0/1
+    image's 1, else the brightest colour channel at least half its range), EXIF
+    orientation applied as :func:`~face_segmentation_pytorch.load_image` does for images.
 
     Raises:
         ImageReadError: The file cannot be read or decoded.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from ..pipeline.masks import read_mask
 
-    from ..errors import ImageReadError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _mask_array(ImageOps.exif_transpose(im))
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file Pillow can read") from None
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
-        raise ImageReadError(f"{path}: cannot decode image ({e})") from None
+    return read_mask(path).mask
 
 
 def _header_size(path: Path) -> tuple[int, int]:

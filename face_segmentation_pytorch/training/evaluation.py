@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..pipeline.masks import MaskFile
 from .metrics import SegmentationScores
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "find_masks",
     "index_predictions",
     "read_prediction",
+    "read_prediction_file",
     "evaluate_predictions",
     "evaluate_segmenter",
     "evaluate_data_dir",
@@ -41,8 +43,11 @@ __all__ = [
     "PREDICTION_KINDS",
 ]
 
-#: Prediction file endings, in the order they are preferred when several exist.
-PREDICTION_KINDS = ("__mask.png", ".png", "__heatmap.png", "__heatmap16.png", "__heatmap.npy")
+#: Prediction file endings, in the order they are preferred when several exist:
+#: the batch command's own outputs first, so that in a folder holding photos
+#: beside their outputs (``a.png``, ``a.png__heatmap.png``) the output is scored,
+#: never the photo; a plain ``<stem>.png`` only where no output exists.
+PREDICTION_KINDS = ("__mask.png", "__heatmap.png", "__heatmap16.png", "__heatmap.npy", ".png")
 
 
 @dataclass
@@ -55,6 +60,9 @@ class EvalReport:
         skipped: Images that have no ground truth (model mode; not scored).
         info: What was evaluated (folders, weights, threshold...), for the JSON.
         predictions: The prediction file (or image) of each scored name.
+        not_plain: How many ground-truth and prediction mask files were not
+            plain two-valued masks (anti-aliasing, JPEG noise, colour labels),
+            read by the one mask rule all the same.
     """
 
     scores: SegmentationScores = field(default_factory=SegmentationScores)
@@ -62,6 +70,7 @@ class EvalReport:
     skipped: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     predictions: dict[str, str] = field(default_factory=dict)
+    not_plain: dict[str, int] = field(default_factory=lambda: {"ground_truth": 0, "predictions": 0})
 
     def summary(self) -> dict:
         """The scores, plus ``failures`` and ``mean_iou_failures_as_0`` (every
@@ -71,6 +80,8 @@ class EvalReport:
         per = [p["iou"] for p in self.scores.per_image()]
         total = len(per) + len(self.failures)
         s["failures"] = len(self.failures)
+        s["not_two_valued_ground_truth"] = self.not_plain["ground_truth"]
+        s["not_two_valued_predictions"] = self.not_plain["predictions"]
         s["mean_iou_failures_as_0"] = float(sum(per) / total) if total else 0.0
         return s
 
@@ -88,6 +99,9 @@ class EvalReport:
                 "no face in either the prediction or the ground truth scores 0 there "
                 f"({self.scores.summary()['empty_both']} such image(s) here)",
                 "dataset_iou is total intersection over total union, over all scored images",
+                "mask files are read by one rule on both sides: a palette index != 0, a 0/1 image's 1, else the "
+                "brightest colour channel at least half its range (128 of 255); heatmaps above the threshold. "
+                "not_two_valued_* count the files that held other values (anti-aliasing, JPEG noise, colour)",
             ],
             "failures": [{"name": n, "reason": r} for n, r in self.failures],
             "skipped_without_ground_truth": list(self.skipped),
@@ -154,14 +168,18 @@ def index_predictions(folder: Path, recursive: bool) -> dict[str, list[tuple[int
 
 
 def read_prediction(path: Path, kind: str, threshold: float) -> np.ndarray:
-    """A prediction file as a boolean mask.
+    """A prediction file as a boolean mask (:func:`read_prediction_file` without the flag)."""
+    return read_prediction_file(path, kind, threshold).mask
+
+
+def read_prediction_file(path: Path, kind: str, threshold: float) -> MaskFile:
+    """A prediction file as a mask, and whether it was a plain two-valued one.
 
     - ``__heatmap.png`` (8-bit) / ``__heatmap16.png``: probability ``v / 255``
-      (``v / 65535``) above ``threshold``;
+      (``v / 65535``) above ``threshold`` (probabilities: always "plain");
     - ``__heatmap.npy``: float probabilities above ``threshold``;
-    - ``__mask.png`` and plain ``<stem>.png``: at least half the full scale
-      (128 of 255: a 0/255 mask, or a feathered one cut at its middle); a
-      file whose values are all 0 or 1 is a 0/1 mask (non-zero = face).
+    - ``__mask.png`` and plain ``<stem>.png``: the package's one mask rule, as
+      for ground truth (:mod:`face_segmentation_pytorch.pipeline.masks`).
 
     Raises:
         ImageReadError: The file cannot be read.
@@ -169,7 +187,10 @@ def read_prediction(path: Path, kind: str, threshold: float) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     from ..errors import ImageReadError
+    from ..pipeline.masks import read_mask
 
+    if kind not in ("__heatmap.npy", "__heatmap.png", "__heatmap16.png"):
+        return read_mask(path)
     try:
         if kind == "__heatmap.npy":
             arr = np.load(path, allow_pickle=False)
@@ -177,30 +198,42 @@ def read_prediction(path: Path, kind: str, threshold: float) -> np.ndarray:
                 arr = arr[0]
             if arr.ndim != 2:
                 raise ImageReadError(f"{path}: heatmap of shape {arr.shape}; expected (H, W)")
-            return np.asarray(arr, dtype=np.float64) > threshold
+            return MaskFile(np.asarray(arr, dtype=np.float64) > threshold, True)
         with Image.open(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr, full = np.asarray(im).astype(np.float64), 65535.0
             else:
-                if im.mode not in ("L", "1", "P"):
+                if im.mode != "L":
                     im = im.convert("L")
                 arr, full = np.asarray(im).astype(np.float64), 255.0
-                if im.mode == "1":
-                    arr = arr * 255.0
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageReadError(f"{path}: cannot read the prediction ({e})") from None
-    if kind in ("__heatmap.png", "__heatmap16.png"):
-        return arr / full > threshold
-    if arr.max(initial=0) <= 1:
-        return arr != 0
-    return arr >= full / 2
+    return MaskFile(arr / full > threshold, True)
 
 
-def _read_gt(path: Path):
-    from .data import load_mask
+def _read_gt(path: Path) -> MaskFile:
+    from ..pipeline.masks import read_mask
 
-    return load_mask(path)
+    return read_mask(path)
+
+
+def _refuse_ambiguous(pred_dir: Path, found: dict[str, list[tuple[int, str, Path]]]) -> None:
+    """One error when a ground truth has two equally preferred predictions
+    (``a.jpg__mask.png`` and ``a.png__mask.png``): which to score is the user's call."""
+    from ..errors import ConfigError
+
+    clashes = []
+    for key, files in sorted(found.items()):
+        best = [f[2].name for f in files if f[0] == files[0][0]]
+        if len(best) > 1:
+            clashes.append(f"{key}: {', '.join(best)}")
+    if clashes:
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise ConfigError(
+            f"PRED_DIR={pred_dir}: several predictions for one ground truth ({'; '.join(clashes[:3])}{more}); "
+            "move all but one elsewhere, or give the folder of one run"
+        )
 
 
 def evaluate_predictions(
@@ -234,6 +267,7 @@ def evaluate_predictions(
             f"GT_DIR={gt_dir}: no mask files found" + ("" if recursive else " (RECURSIVE=true looks in sub-folders)")
         )
     preds = index_predictions(pred_dir, recursive)
+    _refuse_ambiguous(pred_dir, {k: preds[k] for k in gts if k in preds})
     report = EvalReport(
         info={"mode": "predictions", "pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "threshold": threshold}
     )
@@ -251,17 +285,16 @@ def evaluate_predictions(
                     )
                 )
                 continue
-            best = [f for f in found if f[0] == found[0][0]]
-            if len(best) > 1:
-                report.failures.append((key, f"several predictions: {', '.join(f[2].name for f in best)}; keep one"))
-                continue
-            _, kind, path = best[0]
+            _, kind, path = found[0]
             try:
-                gt = _read_gt(gt_path)
-                pred = read_prediction(path, kind, threshold)
+                gt_file = _read_gt(gt_path)
+                pred_file = read_prediction_file(path, kind, threshold)
             except ImageReadError as e:
                 report.failures.append((key, str(e)))
                 continue
+            report.not_plain["ground_truth"] += not gt_file.plain
+            report.not_plain["predictions"] += not pred_file.plain
+            gt, pred = gt_file.mask, pred_file.mask
             if pred.shape != gt.shape:
                 report.failures.append(
                     (
@@ -343,7 +376,9 @@ def evaluate_segmenter(
             for key in keys:
                 try:
                     img = load_image(by_key[key])
-                    gt = _read_gt(gts[key])
+                    gt_file = _read_gt(gts[key])
+                    gt = gt_file.mask
+                    report.not_plain["ground_truth"] += not gt_file.plain
                 except ImageReadError as e:
                     report.failures.append((key, str(e)))
                     bar.update(1)
@@ -377,15 +412,18 @@ def evaluate_data_dir(
     segmenter,
     data_dir: str | os.PathLike,
     *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
     batch_size: int = 1,
     check: str = "header",
     progress: bool = False,
 ) -> EvalReport:
     """Segment and score the validation part of a training data folder.
 
-    The part the trainer validates on when the data has one of its own: the
-    seed's ``img_test.npy`` / ``mask_test.npy`` (or ``img_val.npy``), or
-    ``val/``. With the NumPy arrays (256x256) and a LinkNet34 entry this is
+    The part the trainer validates on: the data's own (the seed's
+    ``img_test.npy`` / ``mask_test.npy`` or ``img_val.npy``, or ``val/``), else,
+    with ``val_fraction > 0``, the trainer's seeded split of that share (the
+    same ``seed`` gives the same images as ``train VAL_FRACTION=... SEED=...``). With the NumPy arrays (256x256) and a LinkNet34 entry this is
     the seed's test protocol: each image at its own size, ``logit > 0``, the
     per-image IoU averaged (the seed dropped a last incomplete batch; every
     image counts here).
@@ -400,11 +438,11 @@ def evaluate_data_dir(
 
     if segmenter.threshold is None:
         raise ConfigError("the segmenter needs a threshold to make masks (threshold=0.5)")
-    data = discover(data_dir, val_fraction=0.0, check=check, progress=progress)
+    data = discover(data_dir, val_fraction=val_fraction, seed=seed, check=check, progress=progress)
     if data.val is None:
         raise ConfigError(
             f"DATA_DIR={data_dir}: no validation part of its own (img_test.npy / img_val.npy, or val/); "
-            "score folders with IMGS_DIR=... GT_DIR=..."
+            "give VAL_FRACTION=... SEED=... as the training run had them (or RUN_DIR=<the run>)"
         )
     source = data.val
     report = EvalReport(info={"mode": "data_dir", "data_dir": str(data_dir), "part": data.val_origin})
@@ -432,6 +470,9 @@ def format_table(report: EvalReport, worst: int = 10) -> str:
         f"{'dataset_iou':<16}{s['dataset_iou']:.4f}   total intersection / total union",
         f"{'f1':<16}{s['f1']:.4f}",
         f"{'pixel_accuracy':<16}{s['pixel_accuracy']:.4f}",
+        f"{'not two-valued':<16}{s['not_two_valued_ground_truth']} ground truth, "
+        f"{s['not_two_valued_predictions']} prediction mask file(s) (read by the one rule: brightest colour "
+        "channel >= half its range)",
         f"{'failures':<16}{s['failures']}"
         + (f"   (mean_iou counting them as 0: {s['mean_iou_failures_as_0']:.4f})" if s["failures"] else ""),
     ]

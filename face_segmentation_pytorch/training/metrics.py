@@ -35,14 +35,19 @@ __all__ = [
 IOU_EPS = 1e-6
 
 
-def _as_bool_batch(x, name: str) -> np.ndarray:
-    """``(H, W)`` or ``(..., H, W)`` masks as a boolean ``(N, H*W)`` array."""
+def _as_array(x, name: str) -> np.ndarray:
+    """A mask or batch of masks as a NumPy array of at least two dimensions."""
     try:  # torch tensors without importing torch here
         x = x.detach().cpu().numpy()
     except AttributeError:
         x = np.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"{name}: expected a mask (H, W) or a batch (N, H, W), got shape {x.shape}")
+    return x
+
+
+def _as_bool_batch(x: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(..., H, W)`` masks as a boolean ``(N, H*W)`` array."""
     x = x if x.dtype == bool else x != 0
     return x.reshape(-1, x.shape[-2] * x.shape[-1])
 
@@ -60,10 +65,13 @@ def confusion_counts(pred, gt) -> np.ndarray:
     Raises:
         ValueError: The shapes differ.
     """
-    p = _as_bool_batch(pred, "pred")
-    g = _as_bool_batch(gt, "gt")
+    p = _as_array(pred, "pred")
+    g = _as_array(gt, "gt")
+    # Shapes are compared before flattening: (300, 400) against (400, 300) has
+    # as many pixels but is another image.
     if p.shape != g.shape:
-        raise ValueError(f"pred and gt differ in shape: {np.shape(pred)} vs {np.shape(gt)}")
+        raise ValueError(f"pred and gt differ in shape: pred {tuple(p.shape)}, gt {tuple(g.shape)}")
+    p, g = _as_bool_batch(p), _as_bool_batch(g)
     tp = np.count_nonzero(p & g, axis=1)
     fp = np.count_nonzero(p & ~g, axis=1)
     fn = np.count_nonzero(~p & g, axis=1)
