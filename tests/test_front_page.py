@@ -289,7 +289,8 @@ def _run_python(argv: list[str], cwd: Path) -> None:
                 f"{shown}: no heatmap for {image.name}"
             )
     elif module == "face_segmentation_pytorch.convert":
-        target = cwd / [a for a in argv[3:] if not a.startswith("-") and "=" not in a][-1]
+        positional = [a for a in argv[3:] if not a.startswith("-") and "=" not in a]
+        target = cwd / _keys(argv).get("OUT", positional[-1] if positional else "")
         assert target.is_file(), f"{shown}: {target} not written"
         # A name the registry looks for in that folder, so the next command finds it.
         looked_for = {p.name for w in WEIGHTS.values() for p in w.local_candidates(target.parent)}
