@@ -1,17 +1,23 @@
 """Video: the command and the generator on videos the tests make, and the LinkNet fast path.
 
 Expectations are computed here independently of the video code: masks from a
-separate :class:`FaceSegmenter` on the same decoded frames, pictures from the
-blend formulas written out below, smoothing from the moving-average formula,
-and the fused LinkNet path against the unfolded model in float64.
+separate :class:`FaceSegmenter` on the frames PyAV decodes here, pictures from
+the blend formulas written out below, smoothing from the moving-average
+formula, and the fused LinkNet path against the unfolded model in float64.
+What the video files themselves keep (sound, timing, rotation, sizes, codecs)
+is tested in test_video_files.py, the refusals, orders and interrupts in
+test_video_safety.py, the browser in test_video_browser.py.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import signal
 import subprocess
 import sys
-import time
+import threading
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,7 @@ import pytest
 import torch
 
 cv2 = pytest.importorskip("cv2")
+av = pytest.importorskip("av")
 
 from face_segmentation_pytorch import FaceSegmenter  # noqa: E402
 from face_segmentation_pytorch.models import linknet as linknet_module  # noqa: E402
@@ -39,44 +46,39 @@ H, W = 96, 128
 
 
 def write_clip(path: Path, n: int, *, moving: bool = True, noise: float = 0.0, fps: float = 20.0, seed: int = 0) -> Path:
-    """A textured ellipse over a plain background (moving or static, with noise), MJPG .avi."""
+    """A textured ellipse over a plain background (moving or static, with noise): H.264 .mp4 made with PyAV."""
     rng = np.random.default_rng(seed)
     texture = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:H, 0:W]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (W, H))
-    assert writer.isOpened()
-    for i in range(n):
-        cx = W * (0.3 + 0.4 * i / max(n - 1, 1)) if moving else W * 0.5
-        inside = ((xx - cx) / (W * 0.22)) ** 2 + ((yy - H * 0.5) / (H * 0.32)) ** 2 < 1
-        frame = np.empty((H, W, 3), np.uint8)
-        frame[:] = (40, 90, 160)
-        frame[inside] = texture[inside]
-        if noise:
-            frame = np.clip(frame + rng.normal(0, noise, frame.shape), 0, 255).astype(np.uint8)
-        writer.write(frame)
-    writer.release()
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000), options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(n):
+            cx = W * (0.3 + 0.4 * i / max(n - 1, 1)) if moving else W * 0.5
+            inside = ((xx - cx) / (W * 0.22)) ** 2 + ((yy - H * 0.5) / (H * 0.32)) ** 2 < 1
+            frame = np.empty((H, W, 3), np.uint8)
+            frame[:] = (40, 90, 160)
+            frame[inside] = texture[inside]
+            if noise:
+                frame = np.clip(frame + rng.normal(0, noise, frame.shape), 0, 255).astype(np.uint8)
+            f = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            f.pts = i
+            out.mux(stream.encode(f))
+        out.mux(stream.encode(None))
     return path
 
 
 def decoded_frames(path: Path) -> list[np.ndarray]:
-    """Every frame as OpenCV decodes it (BGR)."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
+    """Every frame as FFmpeg decodes it (PyAV here, BGR)."""
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
 
 
 def video_info(path: Path) -> tuple[int, tuple[int, int], float]:
-    """(decodable frames, (height, width), fps) of a written file."""
+    """(decodable frames, (height, width), average frame rate) of a written file."""
     frames = decoded_frames(path)
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    cap.release()
+    with av.open(str(path)) as c:
+        fps = float(c.streams.video[0].average_rate)
     return len(frames), frames[0].shape[:2] if frames else (0, 0), fps
 
 
@@ -106,7 +108,7 @@ def linknet_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    return write_clip(tmp_path_factory.mktemp("clip") / "clip.avi", 16)
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", 16)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +204,7 @@ def test_overlay_pixels_follow_the_blend_formula(tmp_path, clip, linknet_dir, li
 
 
 def test_smoothing_follows_the_moving_average_and_lowers_flicker(tmp_path, linknet_dir):
-    clip = write_clip(tmp_path / "static.avi", 12, moving=False, noise=12.0, seed=3)
+    clip = write_clip(tmp_path / "static.mp4", 12, moving=False, noise=12.0, seed=3)
     # On the CPU, whose numbers repeat exactly from run to run (raw and smoothed runs are compared exactly).
     seg = FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, device="cpu", threshold=None, progress=False)
     first = next(iter(segment_video(clip, seg, max_frames=1))).pmap
@@ -246,31 +248,38 @@ def test_fcn8s_runs_on_video(tmp_path, clip, slim_weights_dir, capsys):
 
 
 def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path, linknet_dir):
-    clip = write_clip(tmp_path / "long.avi", 400)
-    out, masks = tmp_path / "cut.avi", tmp_path / "m"
+    clip = write_clip(tmp_path / "long.mp4", 400)
+    out, masks, fifo = tmp_path / "cut.avi", tmp_path / "m", tmp_path / "go"
+    os.mkfifo(fifo)
+    # The command stops after its 4th frame and says so; Ctrl-C lands there, not at a moment guessed here.
+    env = dict(os.environ, FSP_VIDEO_PAUSE_AT="frame:4", FSP_VIDEO_PAUSE_FIFO=str(fifo))
     proc = subprocess.Popen(
         [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip}", f"OUT={out}",
-         f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={linknet_dir}", "INPUT_SIZE=64"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+         f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={linknet_dir}", "INPUT_SIZE=64", "DEVICE=cpu"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
     )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr] + [lines.put(None)], daemon=True).start()
+    seen = []
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if masks.is_dir() and len(list(masks.glob("*.png"))) >= 4:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read()
+        while not seen or "paused at frame:4" not in seen[-1]:
+            line = lines.get(timeout=120)
+            assert line is not None, "".join(seen)
+            seen.append(line)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    err = "".join(seen)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert out.exists() and not partial_path(out).exists()
     n, hw, fps = video_info(out)
-    assert 4 <= n < 400 and hw == (H, W) and fps == 20.0
-    assert n == len(list(masks.glob("*.png")))  # every segmented frame is in both
+    assert n == 4 and hw == (H, W) and fps == 20.0
+    assert sorted(p.name for p in masks.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]  # every frame in both
 
 
 @pytest.mark.parametrize(
@@ -281,7 +290,14 @@ def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path, linknet_dir):
         (["SOURCE={tmp}/nothing.mp4", "OUT={tmp}/x.mp4"], "no such file"),
         (["SOURCE={clip}", "OUT={bad}/x.mp4"], "is a file"),
         (["SOURCE={clip}", "OUT=/proc/fsp_no_such/x.mp4"], "cannot write"),
-        (["SOURCE={clip}", "OUT={tmp}/x.webm"], "unknown video type"),
+        (["SOURCE={clip}", "OUT={tmp}/x.flv"], "unknown video type"),
+        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "CODEC=nosuchcodec"], "CODEC=nosuchcodec: FFmpeg (PyAV) has no"),
+        (["SOURCE={clip}", "OUT={tmp}/x.webm", "CODEC=libx264"], "cannot hold H.264"),
+        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "CRF=60"], "CRF=60 is invalid for libx264: expected 0..51"),
+        (["SOURCE={clip}", "OUT={tmp}/x.avi", "CRF=20"], "CRF=20: mjpeg has no constant-quality setting"),
+        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "CRF=high"], "CRF='high' is invalid"),
+        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "AUDIO=maybe"], "AUDIO='maybe' is invalid"),
+        (["SOURCE={clip}", "OUT={clip}"], "is the source video itself"),
         (["SOURCE={clip}", "SHOW=true"], "SHOW=true"),
         (["SOURCE={clip}"], "nothing to write"),
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "SMOOTH=1"], "SMOOTH"),
