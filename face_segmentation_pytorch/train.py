@@ -4,8 +4,8 @@ The keys are :data:`~face_segmentation_pytorch.training.trainer.TRAIN_KEYS`
 (``--help`` lists them). Exit status: 0 trained (or stopped by STOP_AFTER),
 1 the loss diverged, 2 a mistake in the command or the data (one ``error:``
 line, or one error listing every data problem), 3 initial weights could not
-be obtained or verified, 130 Ctrl-C (``last.pt`` saved; ``RESUME=true``
-continues exactly).
+be obtained or verified, 130 Ctrl-C (``last.pt`` saved; ``RESUME=true
+OUT_DIR=<folder>`` continues exactly, with the run's saved settings).
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from .training.trainer import TRAIN_KEYS, TRAIN_STRING_KEYS, Trainer, TrainingDiverged
 
         cfg = parse_dotlist(argv, TRAIN_KEYS, TRAIN_STRING_KEYS, USAGE)
+        # Only the keys typed: RESUME=true takes the others from the run in OUT_DIR.
+        typed = {arg.split("=", 1)[0] for arg in argv}
         try:
-            result = Trainer(cfg).run()
+            result = Trainer({k: v for k, v in cfg.items() if k in typed}).run()
         except TrainingDiverged as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

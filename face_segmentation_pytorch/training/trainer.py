@@ -30,13 +30,15 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -79,13 +81,18 @@ TRAIN_KEYS: dict[str, Key] = {
     "INIT": Key(
         "scratch",
         "where the weights start: scratch; imagenet (LinkNet34 encoder from torchvision's resnet34 ImageNet "
-        "file, see IMAGENET_WEIGHTS); pretrained (the entry's published weights, from MODEL_PARAMS_DIR or "
-        "downloaded); or the path of a weights file or a run's last.pt / best.pt",
+        "file, downloaded from IMAGENET_URL when MODEL_PARAMS_DIR has none); pretrained (the entry's published "
+        "weights, from MODEL_PARAMS_DIR or downloaded); or the path of a weights file or a run's last.pt / best.pt",
     ),
     "IMAGENET_WEIGHTS": Key(
         None,
-        "INIT=imagenet: torchvision's resnet34 ImageNet state_dict (resnet34-b627a593.pth or "
-        "resnet34-333f7ec4.pth); null: the first resnet34-*.pth in MODEL_PARAMS_DIR. Never downloaded",
+        "INIT=imagenet: a copy of torchvision's resnet34 ImageNet state_dict (resnet34-b627a593.pth or "
+        "resnet34-333f7ec4.pth); null: the resnet34-*.pth in MODEL_PARAMS_DIR, downloaded there if missing",
+    ),
+    "IMAGENET_URL": Key(
+        "https://download.pytorch.org/models/resnet34-b627a593.pth",
+        "INIT=imagenet: where the resnet34 file is downloaded from (torchvision's); its name carries the start "
+        "of its sha256, which is checked as torch.hub does; null: never download",
     ),
     "MODEL_PARAMS_DIR": Key(
         None,
@@ -133,7 +140,11 @@ TRAIN_KEYS: dict[str, Key] = {
     ),
     "WORKERS": Key(0, "DataLoader worker processes (0: load in the main process; results do not depend on it)"),
     "CHECK_DATA": Key("full", "full: decode every image and mask before training; header: read sizes only (faster)"),
-    "RESUME": Key(False, "continue the run in OUT_DIR from its last.pt (same settings; EPOCHS may grow)"),
+    "RESUME": Key(
+        False,
+        "continue the run in OUT_DIR from its last.pt with its saved settings (RESUME=true OUT_DIR=run is "
+        "enough); keys given again must match them, EPOCHS may grow",
+    ),
     "OVERWRITE": Key(False, "start over in an OUT_DIR that holds an earlier run"),
     "STOP_AFTER": Key(
         None, "stop after this many epochs in this invocation (time-limited jobs); RESUME=true continues"
@@ -146,12 +157,28 @@ TRAIN_KEYS: dict[str, Key] = {
     "PROGRESS": Key(True, "progress on stderr: a bar on a terminal, a few lines in a log"),
 }
 
-TRAIN_STRING_KEYS = ("DATA_DIR", "OUT_DIR", "WEIGHTS", "INIT", "IMAGENET_WEIGHTS", "MODEL_PARAMS_DIR", "DEVICE")
+TRAIN_STRING_KEYS = (
+    "DATA_DIR", "OUT_DIR", "WEIGHTS", "INIT", "IMAGENET_WEIGHTS", "IMAGENET_URL", "MODEL_PARAMS_DIR", "DEVICE"
+)
+
+#: Keys holding a path (INIT: when it is not a keyword); a resumed run compares
+#: them resolved, and the saved config holds them absolute so that the run can
+#: be continued from any working folder.
+PATH_KEYS = ("DATA_DIR", "OUT_DIR", "INIT", "IMAGENET_WEIGHTS", "MODEL_PARAMS_DIR")
+_INIT_KEYWORDS = ("scratch", "imagenet", "pretrained")
+
+#: Settings of one invocation, not of the run: a resumed run does not take
+#: them from the saved config (STOP_AFTER=1 there would stop it again).
+PER_INVOCATION = frozenset({"RESUME", "OVERWRITE", "STOP_AFTER", "PROGRESS"})
 
 #: Settings that may differ when resuming (they do not change the curve, or,
-#: for EPOCHS, change it knowingly).
+#: for EPOCHS, change it knowingly). OUT_DIR is where the run is now (it may
+#: have been moved); INIT and the ImageNet keys only decided the start, which
+#: last.pt replaces.
 RESUMABLE_CHANGES = frozenset(
     {
+        "OUT_DIR",
+        "IMAGENET_URL",
         "EPOCHS",
         "STOP_AFTER",
         "DEVICE",
@@ -172,11 +199,17 @@ class TrainingDiverged(FaceSegmentationError):
     """The loss became NaN or infinite."""
 
 
-def check_train_config(cfg: Mapping[str, object]) -> dict:
+def check_train_config(cfg: Mapping[str, object], *, resuming: bool = False) -> dict:
     """Validate settings and fill in the values that depend on others.
 
     Resolves ``LR`` (by optimizer), ``INPUT_SIZE`` (by weights entry),
     ``LR_STEPS`` and ``COLOR_JITTER``; paths are expanded.
+
+    Args:
+        cfg: A value for every key of :data:`TRAIN_KEYS`.
+        resuming: The settings of a run continued from its ``last.pt``: the
+            files that only decided its start (``INIT``, ``IMAGENET_WEIGHTS``)
+            need not exist any more.
 
     Raises:
         ConfigError: One line naming the key, its value and what is expected.
@@ -257,9 +290,9 @@ def check_train_config(cfg: Mapping[str, object]) -> dict:
         raise ConfigError("RESUME=true and OVERWRITE=true contradict each other; choose one")
     init = cfg["INIT"]
     need(isinstance(init, str) and init != "", "INIT", "expected scratch, imagenet, pretrained or a file path")
-    if init not in ("scratch", "imagenet", "pretrained"):
+    if init not in _INIT_KEYWORDS:
         path = Path(init).expanduser()
-        if not path.exists():
+        if not path.exists() and not resuming:
             raise ConfigError(
                 f"INIT={init}: not scratch, imagenet or pretrained, and no such file; give one of those or a weights file"
             )
@@ -276,53 +309,165 @@ def check_train_config(cfg: Mapping[str, object]) -> dict:
     for name in ("IMAGENET_WEIGHTS", "MODEL_PARAMS_DIR"):
         if cfg[name] is not None:
             cfg[name] = str(Path(str(cfg[name])).expanduser())
-    if cfg["IMAGENET_WEIGHTS"] is not None and not Path(cfg["IMAGENET_WEIGHTS"]).is_file():
+    if cfg["IMAGENET_WEIGHTS"] is not None and not Path(cfg["IMAGENET_WEIGHTS"]).is_file() and not resuming:
         raise ConfigError(f"IMAGENET_WEIGHTS={cfg['IMAGENET_WEIGHTS']}: no such file")
+    _check_imagenet_url(cfg["IMAGENET_URL"])
     if cfg["AMP"] and str(cfg["DEVICE"] or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu"):
         raise ConfigError("AMP=true needs CUDA; training on the CPU runs in float32")
     return cfg
 
 
-# --------------------------------------------------------------------------- model
+# --------------------------------------------------------------------------- ImageNet start
+
+#: torch.hub's rule for weights files: the part of the name after the last
+#: "-" is the start of the file's sha256 (at least 8 hex digits here).
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 
 
-def _find_imagenet_file(cfg: Mapping) -> Path:
+def _url_file_name(url: str) -> str:
+    """The file name at the end of a URL's path (``resnet34-b627a593.pth``)."""
+    return PurePosixPath(urllib.parse.urlsplit(url).path).name
+
+
+def _check_imagenet_url(url: object) -> None:
+    """``IMAGENET_URL`` must be null or name a file whose name carries its hash prefix.
+
+    Raises:
+        ConfigError: Naming the key, the value and the rule.
+    """
+    if url is None:
+        return
+    if not isinstance(url, str) or not _HASH_IN_NAME.search(_url_file_name(url)):
+        raise ConfigError(
+            f"IMAGENET_URL={url!r} is invalid: expected null or a URL whose file name carries the first 8 or more "
+            "hex digits of its sha256, as torchvision's do (resnet34-b627a593.pth)"
+        )
+
+
+def _imagenet_folder(cfg: Mapping) -> Path:
+    """Where INIT=imagenet looks for (and downloads) the resnet34 file."""
     from ..pipeline.weights import default_params_dir
 
+    return Path(cfg["MODEL_PARAMS_DIR"]) if cfg["MODEL_PARAMS_DIR"] else default_params_dir()
+
+
+def _imagenet_weights(cfg: Mapping, progress: bool) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The encoder tensors for INIT=imagenet, renamed onto LinkNet34, and their file.
+
+    ``IMAGENET_WEIGHTS`` if given; else the URL's file, or any other
+    ``resnet34-*.pth``, in the weights folder; else the file downloaded there.
+
+    Raises:
+        WeightsError: The file cannot be found, downloaded, verified or read.
+    """
+    from ..errors import WeightsSettingError
+
     if cfg["IMAGENET_WEIGHTS"]:
-        return Path(cfg["IMAGENET_WEIGHTS"])
-    folder = Path(cfg["MODEL_PARAMS_DIR"]) if cfg["MODEL_PARAMS_DIR"] else default_params_dir()
-    found = sorted(folder.glob("resnet34-*.pth")) if folder.is_dir() else []
-    if not found:
+        path = Path(cfg["IMAGENET_WEIGHTS"])
+        return path, _imagenet_encoder_state(path, str(path))
+    folder = _imagenet_folder(cfg)
+    if folder.exists() and not folder.is_dir():
+        raise WeightsSettingError(f"{folder}: is a file; MODEL_PARAMS_DIR must be a folder")
+    url = cfg["IMAGENET_URL"]
+    wanted = [folder / _url_file_name(url)] if url else []
+    found = [p for p in wanted if p.is_file()] or (sorted(folder.glob("resnet34-*.pth")) if folder.is_dir() else [])
+    if found:
+        return found[0], _imagenet_encoder_state(found[0], str(found[0]))
+    if not url:
         raise WeightsError(
             f"INIT=imagenet needs torchvision's ImageNet resnet34 weights, a state_dict file such as "
-            f"resnet34-b627a593.pth (https://download.pytorch.org/models/resnet34-b627a593.pth); none in "
-            f"{folder}. Copy it there or give IMAGENET_WEIGHTS=path (nothing is downloaded)"
+            f"resnet34-b627a593.pth; none in {folder} and IMAGENET_URL=null. Copy it there or give "
+            "IMAGENET_WEIGHTS=path"
         )
-    return found[0]
+    return _download_imagenet(url, folder, progress)
 
 
-def _load_imagenet_encoder(model: nn.Module, path: Path) -> None:
+def _download_imagenet(url: str, folder: Path, progress: bool) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Download the resnet34 file into ``folder`` with the package's verified downloader.
+
+    The file goes to a hidden name first; only when its sha256 starts with the
+    prefix its name carries (torch.hub's check; the full digest of
+    torchvision's file is not recorded anywhere we can read) and it holds
+    ResNet-34 tensors of the right shapes is it renamed to its own name. Any
+    failure leaves neither the file nor a folder this call created.
+
+    Raises:
+        DownloadError: Offline, an HTTP error, a short body or a hash mismatch;
+            the message ends with the way to do it by hand.
+        WeightsError: The file is not torchvision resnet34 weights.
+    """
+    from ..errors import DownloadError, WeightsSettingError
+    from ..pipeline.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists
+    from ..pipeline.download import download_url_to_file
+
+    name = _url_file_name(url)
+    prefix = _HASH_IN_NAME.search(name).group(1)
+    final = folder / name
+    by_hand = f"by hand: save {url} as {final}, or give IMAGENET_WEIGHTS=<a copy you have>"
+    try:
+        created = ensure_writable_dir(folder)
+    except OSError as e:
+        raise WeightsSettingError(
+            f"cannot write to {folder} ({e.strerror or e}); choose a writable folder (MODEL_PARAMS_DIR=...) "
+            "or give IMAGENET_WEIGHTS=<a copy you have>"
+        ) from None
+    staged = folder / f".{name}.download"  # hidden: never taken for the real file
+    print(
+        f"face_segmentation_pytorch: downloading {name} (torchvision's ImageNet resnet34, INIT=imagenet) "
+        f"from {url} to {folder}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        try:
+            digest = download_url_to_file(url, staged, progress=progress, label=name)
+        except DownloadError as e:
+            raise DownloadError(f"{e}; {by_hand}") from None
+        if not digest.startswith(prefix):
+            raise DownloadError(
+                f"sha256 mismatch for {url}: its name {name} says the sha256 starts with {prefix}, the file's is "
+                f"{digest}; the download is damaged or not that file: try again, or {by_hand}"
+            )
+        state = _imagenet_encoder_state(staged, url)
+        os.replace(staged, final)
+    except BaseException:
+        remove_if_exists(staged)
+        remove_empty_dirs(created)
+        raise
+    return final, state
+
+
+def _imagenet_encoder_state(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """Read torchvision's resnet34 state_dict from ``path`` and rename it onto LinkNet34's encoder.
+
+    Args:
+        path: The file.
+        source: What errors name (the URL of a download, whose file is still hidden).
+
+    Raises:
+        WeightsError: Not a state_dict, or not ResNet-34 tensors of the right shapes.
+    """
+    from ..models.linknet import expected_state_shapes
     from ..models.resnet import load_torchvision_resnet34
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors have many types
         raise WeightsError(
-            f"{path}: not a state_dict saved with torch.save ({str(e).strip().splitlines()[0][:200]})"
+            f"{source}: not a state_dict saved with torch.save ({str(e).strip().splitlines()[0][:200]})"
         ) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise WeightsError(f"{path}: does not hold a state_dict")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{source}: does not hold a state_dict")
     try:
         renamed = load_torchvision_resnet34(state)
     except ValueError as e:
-        raise WeightsError(f"{path}: not torchvision resnet34 weights ({e})") from None
-    own = model.state_dict()
+        raise WeightsError(f"{source}: not torchvision resnet34 weights ({e})") from None
+    own = expected_state_shapes()
     encoder = [k for k in own if k.startswith(("firstconv.", "firstbn.", "encoder"))]
     missing = [k for k in encoder if k not in renamed]
-    wrong = [k for k in renamed if k in own and tuple(renamed[k].shape) != tuple(own[k].shape)]
+    wrong = [k for k in renamed if k in own and tuple(renamed[k].shape) != own[k]]
     if missing or wrong or any(k not in own for k in renamed):
         what = (
             f"missing {missing[0]}"
@@ -331,8 +476,11 @@ def _load_imagenet_encoder(model: nn.Module, path: Path) -> None:
             if wrong
             else "unexpected tensors"
         )
-        raise WeightsError(f"{path}: not torchvision resnet34 ImageNet weights ({what})")
-    model.load_state_dict(renamed, strict=False)
+        raise WeightsError(f"{source}: not torchvision resnet34 ImageNet weights ({what})")
+    return dict(renamed)
+
+
+# --------------------------------------------------------------------------- model
 
 
 def _read_init_file(path: Path, family: str) -> dict:
@@ -351,41 +499,50 @@ def _read_init_file(path: Path, family: str) -> dict:
     return load_state_dict_file(path, family)
 
 
+def new_network(cfg: Mapping) -> nn.Module:
+    """The untrained network of ``cfg``'s ``WEIGHTS`` entry (``CHANNEL_DIVISOR`` and
+    ``INPUT_SIZE`` for FCN-8s); inside ``with torch.device("meta")`` only its shapes."""
+    from ..models.fcn8s import FaceSegmentationNet
+    from ..models.linknet import LinkNet34
+    from ..pipeline.weights import get_weights
+
+    entry = get_weights(cfg["WEIGHTS"])
+    if entry.arch.name == "linknet34":
+        return LinkNet34(num_classes=entry.num_classes)
+    return FaceSegmentationNet(
+        entry.num_classes,
+        channel_divisor=cfg["CHANNEL_DIVISOR"],
+        input_size=cfg["INPUT_SIZE"],
+        mean_bgr=entry.mean_bgr,
+    )
+
+
 def build_model(cfg: Mapping, *, progress: bool = True) -> tuple[nn.Module, str]:
     """The network ``cfg`` asks for, before any device or layout change.
 
     Args:
         cfg: Checked settings (:func:`check_train_config`); uses ``WEIGHTS``,
-            ``INIT``, ``CHANNEL_DIVISOR``, ``INPUT_SIZE`` and the weights folders.
-        progress: Show a download's progress (INIT=pretrained).
+            ``INIT``, ``CHANNEL_DIVISOR``, ``INPUT_SIZE``, the weights folders
+            and ``IMAGENET_URL``.
+        progress: Show a download's progress (INIT=pretrained, INIT=imagenet).
 
     Returns:
         ``(model in train mode, where its weights came from)``.
 
     Raises:
-        WeightsError: Weights cannot be found, read or fitted.
+        WeightsError: Weights cannot be found, downloaded, verified, read or fitted.
     """
-    from ..models.fcn8s import FaceSegmentationNet
-    from ..models.linknet import LinkNet34
     from ..pipeline.weights import find_or_download_state_dict, get_weights
 
     entry = get_weights(cfg["WEIGHTS"])
     fam = entry.arch
     init = cfg["INIT"]
     if init in ("scratch", "imagenet"):
-        if fam.name == "linknet34":
-            model = LinkNet34(num_classes=entry.num_classes)
-        else:
-            model = FaceSegmentationNet(
-                entry.num_classes,
-                channel_divisor=cfg["CHANNEL_DIVISOR"],
-                input_size=cfg["INPUT_SIZE"],
-                mean_bgr=entry.mean_bgr,
-            )
+        model = new_network(cfg)
         origin = "random initialisation (INIT=scratch)"
         if init == "imagenet":
-            path = _find_imagenet_file(cfg)
-            _load_imagenet_encoder(model, path)
+            path, encoder = _imagenet_weights(cfg, progress)
+            model.load_state_dict(encoder, strict=False)  # the decoder stays as initialised
             origin = f"ImageNet encoder from {path}"
         return model.train(), origin
     if init == "pretrained":
@@ -394,14 +551,103 @@ def build_model(cfg: Mapping, *, progress: bool = True) -> tuple[nn.Module, str]
     else:
         state = _read_init_file(Path(init), fam.name)
         origin = str(init)
-    model = fam.build(state, entry.preprocessing)
-    # build() adopts the tensors; copies make the weights the model's own
-    # (a read-only or shared source must not be trained in place).
+    return _own_copy(fam.build(state, entry.preprocessing)).train(), origin
+
+
+def _own_copy(model: nn.Module) -> nn.Module:
+    """``model`` with its tensors copied: ``Family.build`` adopts the tensors it is
+    given, and a read-only or shared source must not be trained in place."""
     for p in model.parameters():
         p.data = p.data.clone()
     for b in model.buffers():
         b.data = b.data.clone()
-    return model.train(), origin
+    return model
+
+
+# --------------------------------------------------------------------------- BatchNorm check
+#
+# BatchNorm in training normalises each channel over the batch and the map; with
+# one value per channel there is nothing to normalise and torch raises
+# "Expected more than 1 value per channel" at the first step. Every training
+# batch has exactly BATCH_SIZE images of INPUT_SIZE x INPUT_SIZE (the last
+# incomplete batch is dropped; validation runs in eval mode, on the running
+# statistics), so the configurations that hit it are exactly those where
+# BATCH_SIZE x (a BatchNorm layer's values per channel for one image) is 1.
+
+
+def batchnorm_inputs(model: nn.Module, size: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Each BatchNorm layer's input shape for one ``size`` x ``size`` image, in call order.
+
+    The forward runs in eval mode without gradients (no statistics change, no
+    random numbers are drawn), on the device of the model's weights: a model
+    built under ``torch.device("meta")`` costs no memory and no arithmetic.
+
+    Args:
+        model: The network (left in the mode it was in).
+        size: The square input side.
+
+    Returns:
+        ``[(layer name, input shape)]``; empty for a network without BatchNorm.
+    """
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return seen
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, name=n: seen.append((name, tuple(args[0].shape))))
+        for n, m in layers
+    ]
+    weight = next(model.parameters(), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(training)
+    return seen
+
+
+def _single_value_layers(model: nn.Module, size: int, batch: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The BatchNorm layers that would see one value per channel in a training batch."""
+    return [(n, s) for n, s in batchnorm_inputs(model, size) if batch * s[0] * math.prod(s[2:]) == 1]
+
+
+def check_batchnorm_values(model: nn.Module, cfg: Mapping, what: str, n_train: int) -> None:
+    """Refuse a configuration that gives a BatchNorm layer one value per channel in training.
+
+    Args:
+        model: The network to train, or its shapes (``torch.device("meta")``).
+        cfg: Checked settings (``INPUT_SIZE``, ``BATCH_SIZE``, ``WEIGHTS``).
+        what: The network as the message names it.
+        n_train: Training samples (whether a larger batch is possible).
+
+    Raises:
+        ConfigError: One line naming the layer and what to change.
+    """
+    from ..pipeline.weights import get_weights
+
+    size, bs = cfg["INPUT_SIZE"], cfg["BATCH_SIZE"]
+    hit = _single_value_layers(model, size, bs)
+    if not hit:
+        return
+    name, shape = hit[0]
+    spatial = "x".join(str(d) for d in shape[2:])
+    where = f"a {spatial} feature map" if spatial else "no feature map"
+    step = max(1, get_weights(cfg["WEIGHTS"]).arch.size_multiple)
+    # The next sizes the network takes, up to 4x: the smallest that gives every layer 2 values or more.
+    bigger = next((s for s in range(size + step, 4 * size + 1, step) if not _single_value_layers(model, s, bs)), None)
+    fixes = ([f"INPUT_SIZE={bigger} or more"] if bigger else []) + ["BATCH_SIZE=2 or more"]
+    fix = ", or ".join(fixes)
+    if n_train < 2:
+        fix += f" (a batch of 2 needs 2 training images; the training set has {n_train})"
+    raise ConfigError(
+        f"BATCH_SIZE={bs} with INPUT_SIZE={size} gives {what}'s BatchNorm layer {name} one value per channel in "
+        f"training ({where}, {bs} image per batch), which it cannot normalise; use {fix}"
+    )
 
 
 def make_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
@@ -565,12 +811,104 @@ class TrainResult:
     interrupted: bool = False
 
 
+# --------------------------------------------------------------------------- resume helpers
+
+
+def _out_dir_setting(settings: Mapping) -> Path:
+    """``OUT_DIR`` as a path (required)."""
+    if settings["OUT_DIR"] is None:
+        raise ConfigError("OUT_DIR is required; see --help")
+    return Path(str(settings["OUT_DIR"])).expanduser()
+
+
+def _read_last_pt(out_dir: Path) -> dict:
+    """The run's ``last.pt`` for RESUME=true.
+
+    Raises:
+        ConfigError: OUT_DIR is a file, or last.pt is missing, unreadable or not this trainer's.
+    """
+    last = out_dir / "last.pt"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"OUT_DIR={out_dir}: is a file; give a folder")
+    if not last.is_file():
+        raise ConfigError(f"RESUME=true but {last} does not exist; drop RESUME to start a new run")
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors have many types
+        raise ConfigError(
+            f"{last}: cannot be read ({str(e).strip().splitlines()[0][:200]}); OVERWRITE=true starts over"
+        ) from None
+    if (
+        not isinstance(ckpt, Mapping)
+        or ckpt.get("format") != CHECKPOINT_FORMAT
+        or not isinstance(ckpt.get("config"), Mapping)
+    ):
+        raise ConfigError(f"{last}: not a checkpoint of this trainer; OVERWRITE=true starts over")
+    return ckpt
+
+
+def _resumed_settings(saved: Mapping, settings: Mapping, given: set[str]) -> dict:
+    """The settings of a resumed run: the keys given, one invocation's keys, and the run's saved values.
+
+    Args:
+        saved: The config in last.pt (checked values, paths absolute).
+        settings: Every key: the ones given over the defaults.
+        given: The keys given.
+    """
+    return {
+        k: settings[k] if k in given or k in PER_INVOCATION or k not in saved else saved[k] for k in TRAIN_KEYS
+    }
+
+
+def _is_path_setting(key: str, value: object) -> bool:
+    return key in PATH_KEYS and isinstance(value, str) and not (key == "INIT" and value in _INIT_KEYWORDS)
+
+
+def _same_setting(key: str, old: object, new: object, cfg: Mapping) -> bool:
+    """Whether a key given again on RESUME says what the run had.
+
+    Paths are compared resolved (``runs/a`` is ``/home/me/runs/a``), and
+    ``LR_STEPS`` / ``LR_GAMMA`` only under ``SCHEDULE=step``, the one schedule
+    that reads them (elsewhere ``LR_STEPS`` is derived from ``EPOCHS`` unused).
+    """
+    if key in ("LR_STEPS", "LR_GAMMA") and cfg["SCHEDULE"] != "step":
+        return True
+    if _is_path_setting(key, old) and _is_path_setting(key, new):
+        return Path(str(old)).expanduser().resolve() == Path(str(new)).expanduser().resolve()
+    return old == new
+
+
+def _with_absolute_paths(cfg: Mapping) -> dict:
+    """``cfg`` with its paths absolute: the saved config, which a resumed run may
+    read from another working folder."""
+    return {k: os.path.abspath(v) if _is_path_setting(k, v) else v for k, v in cfg.items()}
+
+
+def _network_of_run(cfg: Mapping, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The network a resumed run trains, without reading its INIT weights again (last.pt's replace them).
+
+    Args:
+        cfg: The run's settings.
+        state: The model in last.pt: for INIT=pretrained or a file it gives the
+            architecture (an FCN-8s width or class count of its own).
+    """
+    from ..pipeline.weights import get_weights
+
+    if cfg["INIT"] in ("scratch", "imagenet"):
+        return new_network(cfg).train()
+    entry = get_weights(cfg["WEIGHTS"])
+    return _own_copy(entry.arch.build(state, entry.preprocessing)).train()
+
+
 class Trainer:
     """Train a face segmentation network as ``cfg`` says.
 
     Args:
         config: Settings by key (``{"DATA_DIR": ..., "EPOCHS": 2}``), over the
-            defaults of :data:`TRAIN_KEYS`.
+            defaults of :data:`TRAIN_KEYS`. With ``RESUME=true`` the keys not
+            given come from the run's saved settings instead (except those of
+            one invocation, :data:`PER_INVOCATION`), and those given must match
+            them (:data:`RESUMABLE_CHANGES` may differ).
         model: Train this network instead of the one ``WEIGHTS`` and ``INIT``
             build: an ``nn.Module`` or a function of no arguments returning
             one (called after seeding, so its initial weights are seeded). Its
@@ -578,6 +916,10 @@ class Trainer:
             with background in channel 0; ``WEIGHTS`` still gives the
             preprocessing.
         **options: Settings as keyword arguments (any case), over ``config``.
+
+    Raises:
+        ConfigError: Bad settings; with ``RESUME=true`` also a missing or
+            foreign ``last.pt`` and settings that differ from the run's.
 
     Use :meth:`run`; :func:`train` does both steps.
     """
@@ -591,31 +933,28 @@ class Trainer:
     ) -> None:
         merged = dict(config or {})
         merged.update(options)
-        self.cfg = check_train_config(merge_options(merged, TRAIN_KEYS))
+        given = {str(k).upper() for k in merged}
+        settings = merge_options(merged, TRAIN_KEYS)
         self._model_arg = model
-        self.out_dir = Path(self.cfg["OUT_DIR"])
         self.say = lambda text: print(f"face_segmentation_pytorch.train: {text}", file=sys.stderr, flush=True)
+        self._ckpt: dict | None = None
+        if settings["RESUME"] is True:  # other values: check_train_config names the mistake
+            self._ckpt = _read_last_pt(_out_dir_setting(settings))
+            settings = _resumed_settings(self._ckpt["config"], settings, given)
+        self.cfg = check_train_config(settings, resuming=self._ckpt is not None)
+        self.out_dir = Path(self.cfg["OUT_DIR"])
+        if self._ckpt is not None:
+            self._compare_resumed_config(self._ckpt, given)
 
     # ------------------------------------------------------------------ setup
 
     def _check_out_dir(self) -> dict | None:
         """Refuse to mix runs; return the checkpoint to resume from, if any."""
-        last = self.out_dir / "last.pt"
+        if self._ckpt is not None:
+            return self._ckpt
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"OUT_DIR={self.out_dir}: is a file; give a folder")
         earlier = [n for n in ("last.pt", "best.pt", "metrics.jsonl") if (self.out_dir / n).exists()]
-        if self.cfg["RESUME"]:
-            if not last.is_file():
-                raise ConfigError(f"RESUME=true but {last} does not exist; drop RESUME to start a new run")
-            try:
-                ckpt = torch.load(last, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise ConfigError(
-                    f"{last}: cannot be read ({str(e).strip().splitlines()[0][:200]}); OVERWRITE=true starts over"
-                ) from None
-            if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
-                raise ConfigError(f"{last}: not a checkpoint of this trainer; OVERWRITE=true starts over")
-            return ckpt
         if earlier and not self.cfg["OVERWRITE"]:
             raise ConfigError(
                 f"OUT_DIR={self.out_dir} already holds a run ({', '.join(earlier)}); RESUME=true continues it, "
@@ -623,11 +962,18 @@ class Trainer:
             )
         return None
 
-    def _compare_resumed_config(self, saved: Mapping) -> None:
+    def _compare_resumed_config(self, ckpt: Mapping, given: set[str]) -> None:
+        """Refuse keys given again with values other than the run's, and an EPOCHS below what is done.
+
+        Only keys the user gave are compared (the others came from the run), as
+        the user meant them: paths resolved, the step schedule's keys only
+        under that schedule.
+        """
+        saved, cfg = ckpt["config"], self.cfg
         diffs = [
-            f"{k}: was {saved.get(k)!r}, now {v!r}"
-            for k, v in self.cfg.items()
-            if k not in RESUMABLE_CHANGES and saved.get(k) != v
+            f"{k}: was {saved.get(k)!r}, now {cfg[k]!r}"
+            for k in TRAIN_KEYS
+            if k in given and k not in RESUMABLE_CHANGES and not _same_setting(k, saved.get(k), cfg[k], cfg)
         ]
         if saved.get("_MODEL") != self._model_name():
             diffs.append(f"model: was {saved.get('_MODEL')}, now {self._model_name()}")
@@ -635,12 +981,18 @@ class Trainer:
             raise ConfigError(
                 "RESUME=true needs the settings of the run in OUT_DIR (they decide its curve); differences: "
                 + "; ".join(diffs)
-                + " (OVERWRITE=true starts over)"
+                + " (leave those keys out to keep the run's, or OVERWRITE=true starts over)"
             )
-        if saved.get("EPOCHS") != self.cfg["EPOCHS"] and self.cfg["SCHEDULE"] != "constant":
+        done = int(ckpt["epoch"]) + (1 if int(ckpt["iteration"]) else 0)
+        if cfg["EPOCHS"] < done:
+            raise ConfigError(
+                f"EPOCHS={cfg['EPOCHS']} is invalid: the run in {self.out_dir} has trained {done} epoch(s) already; "
+                f"give EPOCHS={done} or more, or leave EPOCHS out"
+            )
+        if saved.get("EPOCHS") != cfg["EPOCHS"] and cfg["SCHEDULE"] == "cosine":
             self.say(
-                f"note: EPOCHS changed from {saved.get('EPOCHS')} to {self.cfg['EPOCHS']}; the {self.cfg['SCHEDULE']} "
-                "schedule follows the new length from here on, so the curve differs from an uninterrupted run"
+                f"note: EPOCHS changed from {saved.get('EPOCHS')} to {cfg['EPOCHS']}; the cosine schedule follows "
+                "the new length from here on, so the curve differs from an uninterrupted run"
             )
 
     def _model_name(self) -> str:
@@ -664,6 +1016,58 @@ class Trainer:
         if self.cfg["AMP"] and device.type != "cuda":
             raise ConfigError("AMP=true needs CUDA; training on the CPU runs in float32")
         return device
+
+    def _discover_data(self):
+        """The checked data (:class:`~.data.DataError` lists every problem), with room for one batch."""
+        from .data import discover
+
+        cfg = self.cfg
+        data = discover(
+            cfg["DATA_DIR"],
+            val_fraction=cfg["VAL_FRACTION"],
+            seed=cfg["SEED"],
+            check=cfg["CHECK_DATA"],
+            workers=max(2, cfg["WORKERS"]),
+            progress=cfg["PROGRESS"],
+        )
+        for note in data.notes:
+            self.say(f"note: {note}")
+        bs = cfg["BATCH_SIZE"]
+        if len(data.train) < bs:
+            raise ConfigError(
+                f"BATCH_SIZE={bs} is invalid: the training set has only {len(data.train)} sample(s); "
+                "lower BATCH_SIZE or add data"
+            )
+        return data
+
+    def _make_model(self, ckpt: Mapping | None) -> tuple[nn.Module, str]:
+        """The network to train and where its weights come from (a resumed run: last.pt's, loaded later)."""
+        if self._model_arg is not None:
+            model = self._model_arg if isinstance(self._model_arg, nn.Module) else self._model_arg()
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"model must be an nn.Module or return one, got {type(model).__name__}")
+            return model, f"the model given ({type(model).__name__})"
+        if ckpt is None:
+            return build_model(self.cfg, progress=self.cfg["PROGRESS"])
+        return _network_of_run(self.cfg, ckpt["model"]), str(self.out_dir / "last.pt")
+
+    def _schedule(self, iters: int) -> LRSchedule:
+        """This run's learning-rate factor by iteration (``iters`` optimizer steps per epoch)."""
+        cfg = self.cfg
+        return LRSchedule(cfg["SCHEDULE"], iters, cfg["EPOCHS"], cfg["LR_STEPS"], cfg["LR_GAMMA"])
+
+    def _create_out_dir(self) -> list[Path]:
+        """Create OUT_DIR (clearing an earlier run for OVERWRITE); return the folders created."""
+        from ..pipeline.atomic import ensure_writable_dir
+
+        try:
+            created = ensure_writable_dir(self.out_dir)
+        except OSError as e:
+            raise ConfigError(f"OUT_DIR={self.out_dir}: cannot write there ({e.strerror or e})") from None
+        if self.cfg["OVERWRITE"]:
+            for name in ("last.pt", "best.pt", "metrics.jsonl"):
+                (self.out_dir / name).unlink(missing_ok=True)
+        return created
 
     # ------------------------------------------------------------------ run
 
@@ -690,57 +1094,44 @@ class Trainer:
             torch.set_num_threads(threads)  # a setting of this run, not of the caller's process
 
     def _run(self) -> TrainResult:
-        from ..pipeline.atomic import ensure_writable_dir
+        """Everything that can be refused is checked before OUT_DIR is made; a
+        failure after that takes away the folders this run made if they are empty."""
+        from ..pipeline.atomic import remove_empty_dirs
         from ..pipeline.weights import get_weights
-        from .data import SegmentationDataset, discover
 
         cfg = self.cfg
         device = self._resolve_device()
         ckpt = self._check_out_dir()
-        if ckpt is not None:
-            self._compare_resumed_config(ckpt["config"])
-        entry = get_weights(cfg["WEIGHTS"])
-        data = discover(
-            cfg["DATA_DIR"],
-            val_fraction=cfg["VAL_FRACTION"],
-            seed=cfg["SEED"],
-            check=cfg["CHECK_DATA"],
-            workers=max(2, cfg["WORKERS"]),
-            progress=cfg["PROGRESS"],
-        )
-        for note in data.notes:
-            self.say(f"note: {note}")
-        bs = cfg["BATCH_SIZE"]
-        if len(data.train) < bs:
-            raise ConfigError(
-                f"BATCH_SIZE={bs} is invalid: the training set has only {len(data.train)} sample(s); "
-                "lower BATCH_SIZE or add data"
-            )
-        try:
-            ensure_writable_dir(self.out_dir)
-        except OSError as e:
-            raise ConfigError(f"OUT_DIR={self.out_dir}: cannot write there ({e.strerror or e})") from None
-        if cfg["OVERWRITE"]:
-            for name in ("last.pt", "best.pt", "metrics.jsonl"):
-                (self.out_dir / name).unlink(missing_ok=True)
-
+        data = self._discover_data()
+        if self._model_arg is None:
+            # The network's shapes alone, before any weights are read or downloaded.
+            with torch.device("meta"):
+                shapes = new_network(cfg)
+            check_batchnorm_values(shapes, cfg, cfg["WEIGHTS"], len(data.train))
         torch.manual_seed(cfg["SEED"])
         np.random.seed(cfg["SEED"])
         random.seed(cfg["SEED"])
-        if self._model_arg is None:
-            model, origin = build_model(cfg, progress=cfg["PROGRESS"])
-        else:
-            model = self._model_arg if isinstance(self._model_arg, nn.Module) else self._model_arg()
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"model must be an nn.Module or return one, got {type(model).__name__}")
-            origin = f"the model given ({type(model).__name__})"
-        model = model.to(device).train()
+        model, origin = self._make_model(ckpt)
+        if self._model_arg is not None:
+            check_batchnorm_values(model, cfg, origin, len(data.train))
+        created = self._create_out_dir()
+        try:
+            return self._train(model.to(device).train(), origin, ckpt, data, get_weights(cfg["WEIGHTS"]), device)
+        except BaseException:
+            remove_empty_dirs(created)
+            raise
+
+    def _train(self, model: nn.Module, origin: str, ckpt: Mapping | None, data, entry, device) -> TrainResult:
+        """Set up the optimizer and schedule (restored from ``ckpt``), write config.yaml, and train."""
+        from .data import SegmentationDataset
+
+        cfg = self.cfg
+        bs = cfg["BATCH_SIZE"]
         if cfg["CHANNELS_LAST"]:
             model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, cfg)
         iters = len(data.train) // bs
-        schedule = LRSchedule(cfg["SCHEDULE"], iters, cfg["EPOCHS"], cfg["LR_STEPS"], cfg["LR_GAMMA"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(iters))
         scaler = torch.amp.GradScaler("cuda", enabled=cfg["AMP"]) if device.type == "cuda" else None
         loss_fn = SegmentationLoss(cfg["JACCARD_WEIGHT"])
 
@@ -750,7 +1141,13 @@ class Trainer:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            scheduler.lr_lambdas[0] = schedule  # this run's EPOCHS
+            # load_state_dict wrote the saved schedule's fields into the object
+            # given to LambdaLR; a new one follows this run's EPOCHS, from the
+            # next step on (the optimizer holds the saved rate: the same number
+            # when EPOCHS is unchanged).
+            schedule = scheduler.lr_lambdas[0] = self._schedule(iters)
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * schedule(scheduler.last_epoch)
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             start_epoch, start_iter = int(ckpt["epoch"]), int(ckpt["iteration"])
@@ -763,7 +1160,7 @@ class Trainer:
             _set_rng_state(ckpt["rng"], device)
             origin = f"{self.out_dir / 'last.pt'} (epoch {start_epoch + 1}, batch {start_iter} of {iters})"
 
-        saved_cfg = dict(cfg, _MODEL=self._model_name())
+        saved_cfg = dict(_with_absolute_paths(cfg), _MODEL=self._model_name())
         from omegaconf import OmegaConf
 
         _save_text(self.out_dir / "config.yaml", OmegaConf.to_yaml({k: v for k, v in saved_cfg.items()}))
