@@ -28,6 +28,7 @@ from .keys import is_int as _is_int
 __all__ = [
     "main", "parse_args", "KEYS", "collect_inputs", "make_segmenter", "plan_run", "Plan", "SEGMENTER_KEYS",
     "RUN_SETTINGS_NAME", "OUTPUT_KEYS", "output_settings", "check_rerun_settings", "record_settings",
+    "report_unused_boxes",
 ]
 
 
@@ -340,7 +341,9 @@ def collect_inputs(spec: str, recursive: bool) -> tuple[list[Path], Path, list[t
             if p in seen:
                 continue
             seen.add(p)
-            if p.is_file():
+            # Any listed path that is not a folder is an input (a named pipe or
+            # /dev/fd/N too); what cannot be decoded is reported when it is read.
+            if p.exists() and not p.is_dir():
                 images.append(p)
             else:
                 missing.append((p, f"listed in {path} but no such file"))
@@ -583,14 +586,46 @@ def plan_run(cfg: dict, out_dir: Path | None, created: list[Path]) -> Plan:
     if cfg["BOXES"] is not None:
         from .pipeline.crop import load_boxes_file
 
-        table = load_boxes_file(Path(cfg["BOXES"]).expanduser())
+        boxes_path = Path(cfg["BOXES"]).expanduser()
+        table = load_boxes_file(boxes_path)
         # Per image: its boxes; with CROP=faces an image not in the file is
         # detected (None), without it has no face ([]).
         missing_entry = None if cfg["CROP"] else []
         user_boxes = [
             table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images
         ]
+        report_unused_boxes(boxes_path, table, images, root, user_boxes)
     return Plan(out_dir, images, root, missing, kinds, stems, todo, user_boxes, settings_path, settings)
+
+
+def report_unused_boxes(boxes_path: Path, table: dict, images: list[Path], root: Path, user_boxes: list) -> None:
+    """One stderr line for each BOXES entry that names no input image, and for each
+    box that lies wholly outside its image (read from the header); the run goes on
+    with the other boxes, and an image left without any has no face."""
+    names = {p.relative_to(root).as_posix() for p in images} | {p.name for p in images}
+    for key in table:
+        if key not in names:
+            print(
+                f"face_segmentation_pytorch: BOXES={boxes_path}: {key!r} names no input image in "
+                f"{root}; its boxes are ignored",
+                file=sys.stderr,
+            )
+    from .pipeline.imageio import header_size
+
+    for path, boxes in zip(images, user_boxes):
+        if not boxes:
+            continue
+        try:
+            h, w = header_size(path)
+        except (OSError, ValueError):
+            continue  # reported as a failure when the image is read
+        for x, y, bw, bh in boxes:
+            if x >= w or y >= h:
+                print(
+                    f"face_segmentation_pytorch: BOXES={boxes_path}: box [{x}, {y}, {bw}, {bh}] of "
+                    f"{path.relative_to(root).as_posix()} lies outside its {w}x{h} image; ignored",
+                    file=sys.stderr,
+                )
 
 
 #: Kept beside a run's outputs: the settings that decided them (the rerun rule).

@@ -54,7 +54,7 @@ def _keys():
 
     return {
         "GT_DIR": Key(
-            None, "ground-truth masks (with PRED_DIR or IMGS_DIR): <stem>.png (any image format), non-zero = face"
+            None, "ground-truth masks (with PRED_DIR or IMGS_DIR): <stem>.png (any image format), read by the one mask rule (brightest colour channel >= half its range; 0/1 images: 1; palette: index != 0)"
         ),
         "PRED_DIR": Key(
             None,
@@ -75,7 +75,7 @@ def _keys():
         "SEED": Key(0, "with DATA_DIR and VAL_FRACTION: the seed of the trainer's split"),
         "RUN_DIR": Key(
             None,
-            "a training run folder: its config.yaml gives DATA_DIR, VAL_FRACTION, SEED and WEIGHTS, and its best.pt "
+            "a training run folder: its config.yaml gives DATA_DIR, VAL_FRACTION, SEED, WEIGHTS and INPUT_SIZE, and its best.pt "
             "is scored (WEIGHTS_FILE overrides) on the images the run validated on",
         ),
         "WEIGHTS": Key(
@@ -256,6 +256,8 @@ def _from_run_dir(cfg: dict) -> dict:
         raise ConfigError(f"RUN_DIR={run_dir} trained with VAL_FRACTION=0: it held no images out to score")
     if cfg["WEIGHTS"] is None:
         cfg["WEIGHTS"] = saved.get("WEIGHTS")
+    if cfg["INPUT_SIZE"] == "auto" and saved.get("INPUT_SIZE") is not None:
+        cfg["INPUT_SIZE"] = saved["INPUT_SIZE"]  # the size the run trained and validated at
     if cfg["WEIGHTS_FILE"] is None:
         best = run_dir / "best.pt"
         if not best.is_file():

@@ -4,6 +4,7 @@ failure logs, post-processing and extra outputs; and the FaceSegmenter API."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -150,30 +151,47 @@ def test_unwritable_out_dir_is_a_clear_error(folder, slim_weights_dir, tmp_path)
 
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, slim_weights_dir):
+    """Ctrl-C lands while the run waits for its last image (a named pipe the test
+    holds), so the test, not the machine's speed, decides where: exit 130, the 39
+    finished images whole, and the rerun does the last one."""
+    from gate import FifoImage
+
     src = tmp_path / "many"
     src.mkdir()
-    for i in range(40):
+    for i in range(39):
         _photo(300, 300, i).save(src / f"img{i:02d}.png")
+    last = FifoImage(src / "img39.png")
+    listed = tmp_path / "images.txt"  # a folder lists regular files only; a list names any file
+    listed.write_text("".join(f"many/img{i:02d}.png\n" for i in range(40)))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false",
-           "DEVICE=cpu"]  # the CPU's pace: a GPU could finish all 40 images before the signal lands
+           f"IMGS_DIR={listed}", f"OUT_DIR={out}", "PROGRESS=false", "DEVICE=cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out.exists() and any(out.glob("*__heatmap.png"))):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    try:
+        last.wait_until_read(proc)
+        # The 39 images before it finish while the reader waits on the pipe
+        # (one of the two reader threads is free): a wait for what must happen.
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("*__heatmap.png"))) < 39:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        last.release()  # an empty read: the run is already interrupted
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    last = err.strip().splitlines()[-1]
-    assert "interrupted;" in last and "run the same command again to resume" in last
+    last_line = err.strip().splitlines()[-1]
+    assert "interrupted;" in last_line and "run the same command again to resume" in last_line
     assert "Traceback" not in err
     finished = sorted(out.glob("*__heatmap.png"))
-    assert 1 <= len(finished) < 40
+    assert len(finished) == 39
     assert not [p for p in os.listdir(out) if p.endswith(".partial")]
     for p in finished:  # every file under its final name is a whole PNG
         Image.open(p).load()
+    buf = io.BytesIO()
+    _photo(300, 300, 39).save(buf, format="PNG")
+    last.replace_with(buf.getvalue())
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished)} already done" in resumed.stderr
+    assert "39 already done" in resumed.stderr
     assert len(list(out.glob("*__heatmap.png"))) == 40

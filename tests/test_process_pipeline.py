@@ -10,6 +10,7 @@ inputs the float path gives.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pickle
 import signal
@@ -128,10 +129,13 @@ def _many(tmp_path: Path, n: int = 40) -> Path:
     return src
 
 
-def _wait_for_outputs(out: Path, proc, deadline_s: float = 120) -> None:
+def _wait_for_outputs(out: Path, proc, deadline_s: float = 300, count: int = 1) -> None:
+    """Wait for ``count`` outputs the run is bound to write (not a race: nothing
+    is sent to the run until they exist)."""
     deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline and not (out.exists() and any(out.glob("*__heatmap.png"))):
+    while not (out.exists() and len(list(out.glob("*__heatmap.png"))) >= count):
         assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"fewer than {count} outputs in {deadline_s} s"
         time.sleep(0.05)
 
 
@@ -146,30 +150,48 @@ def _all_whole(out: Path) -> list[Path]:
 @pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
 def test_ctrl_c_with_worker_processes(tmp_path, slim_weights_dir, whole_group):
     """Ctrl-C reaches the main process alone (kill -INT) or the whole process
-    group (a terminal): either way exit 130, whole files, and the run resumes."""
-    src, out = _many(tmp_path), tmp_path / "out"
+    group (a terminal): either way exit 130, whole files, and the run resumes.
+    It lands while a worker waits on the last image, a named pipe the test holds,
+    so the test decides where (tests/gate.py)."""
+    from gate import FifoImage
+
+    src, out = _many(tmp_path, 39), tmp_path / "out"
+    last = FifoImage(src / "img39.png")
+    listed = tmp_path / "images.txt"  # a folder lists regular files only; a list names any file
+    listed.write_text("".join(f"many/img{i:02d}.png\n" for i in range(40)))
     cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2",
-           "DEVICE=cpu"]  # the CPU's pace: a GPU could finish all 40 images before the signal lands
+           f"IMGS_DIR={listed}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2",
+           "DEVICE=cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for_outputs(out, proc)
-    workers = _children(proc.pid)
-    if whole_group:
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        proc.send_signal(signal.SIGINT)
+    try:
+        last.wait_until_read(proc)
+        _wait_for_outputs(out, proc, count=39)  # the other worker finishes the rest
+        workers = _children(proc.pid)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+    finally:
+        last.release()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    last = err.strip().splitlines()[-1]
-    assert "interrupted;" in last and "run the same command again to resume" in last
+    last_line = err.strip().splitlines()[-1]
+    assert "interrupted;" in last_line and "run the same command again to resume" in last_line
     assert "Traceback" not in err
     assert workers and _gone(workers)
     finished = _all_whole(out)
-    assert 1 <= len(finished) < 40
+    assert len(finished) == 39
+    last.replace_with(_png_bytes(_photo(300, 300, 39)))
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished)} already done" in resumed.stderr
+    assert "39 already done" in resumed.stderr
     assert len(list(out.glob("*__heatmap.png"))) == 40
+
+
+def _png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _children(pid: int) -> list[int]:

@@ -13,6 +13,7 @@ from ..errors import ImageReadError
 
 __all__ = [
     "bits_per_sample",
+    "header_size",
     "load_image",
     "to_rgb",
     "as_rgb_image",
@@ -152,6 +153,22 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageReadError(f"{path}: no such file") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
         raise ImageReadError(f"{path}: cannot decode image ({e})") from None
+
+
+def header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image file as :func:`load_image` returns it (EXIF
+    orientation applied), from the header alone.
+
+    Raises:
+        OSError, ValueError: The file cannot be opened as an image.
+    """
+    with Image.open(path) as im:
+        w, h = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # a broken EXIF block: Pillow's exif_transpose ignores it too
+            orientation = 1
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 def image_extensions() -> frozenset[str]:

@@ -35,6 +35,7 @@ import torch
 
 from ..errors import ConfigError
 from ..pipeline.families import Preprocessing
+from ..pipeline.imageio import header_size
 
 __all__ = [
     "DataError",
@@ -85,19 +86,6 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     from ..pipeline.masks import read_mask
 
     return read_mask(path).mask
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` after EXIF orientation, from the header alone."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:  # a broken EXIF block: Pillow's exif_transpose ignores it too
-            orientation = 1
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 class Source:
@@ -371,11 +359,11 @@ def _check_pairs(
             if full:
                 hw = np.asarray(load_image(img)).shape[:2]
             else:
-                hw = _header_size(img)
+                hw = header_size(img)
         except (ImageReadError, OSError, SyntaxError, ValueError) as e:
             return f"{rel(img)}: unreadable ({str(e).split(': ', 1)[-1]})"
         try:
-            mhw = load_mask(mask).shape if full else _header_size(mask)
+            mhw = load_mask(mask).shape if full else header_size(mask)
         except (ImageReadError, OSError, SyntaxError, ValueError) as e:
             return f"{rel(mask)}: unreadable ({str(e).split(': ', 1)[-1]})"
         if tuple(mhw) != tuple(hw):
