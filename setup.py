@@ -73,7 +73,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            # One per command, each taking KEY=VALUE arguments and --help.
             "face-segmentation=face_segmentation_pytorch.cli:main",
+            "face-segmentation-video=face_segmentation_pytorch.video:main",
+            "face-segmentation-train=face_segmentation_pytorch.train:main",
+            "face-segmentation-evaluate=face_segmentation_pytorch.evaluate:main",
             "face-segmentation-convert=face_segmentation_pytorch.convert:main",
             "face-segmentation-export=face_segmentation_pytorch.export:main",
         ]

@@ -25,7 +25,7 @@ from ..errors import DownloadError
 from .atomic import atomic_path, ensure_writable_dir, remove_empty_dirs
 from .progress import progress_bar
 
-__all__ = ["download_url_to_file", "extract_zip_member", "sha256_of_file"]
+__all__ = ["download_url_to_file", "extract_zip_member", "sha256_of_file", "shown_folder"]
 
 _CHUNK = 1 << 20
 
@@ -47,6 +47,7 @@ def download_url_to_file(
     progress: bool = True,
     timeout: float = 60.0,
     label: str | None = None,
+    by_hand: str | None = None,
 ) -> str:
     """Download ``url`` to ``dst`` atomically, verifying its size and sha256.
 
@@ -61,6 +62,10 @@ def download_url_to_file(
         label: File name shown with the progress (default: ``dst``'s name),
             so a caller that downloads to a hidden staging name can show the
             name the user knows.
+        by_hand: What the user can do instead when the server cannot be
+            reached (the end of the error line, after "or "); it should name
+            the file and the folder. Default: download ``url`` yourself and
+            put it in ``dst``'s folder under ``dst``'s name.
 
     Returns:
         The hex sha256 of the downloaded file.
@@ -78,15 +83,26 @@ def download_url_to_file(
             f"cannot write to {dst.parent} ({e.strerror or e}); choose a writable folder "
             "(MODEL_PARAMS_DIR=...)"
         ) from None
+    if by_hand is None:
+        by_hand = f"download the file from {url} yourself and put it in {shown_folder(dst.parent)} as {dst.name}"
     try:
-        return _download(url, dst, sha256, progress, timeout, label or dst.name)
+        return _download(url, dst, sha256, progress, timeout, label or dst.name, by_hand)
     except BaseException:
         remove_empty_dirs(created)
         raise
 
 
-def _download(url: str, dst: Path, sha256: str | None, progress: bool, timeout: float, label: str) -> str:
-    fix = "check the URL and your connection, or put the file in the folder by hand"
+def shown_folder(folder: str | os.PathLike) -> str:
+    """``folder`` as a user typed it, with a trailing separator (``weights/``), for error lines."""
+    text = os.fspath(folder)
+    return text if text.endswith(os.sep) else text + os.sep
+
+
+def _download(
+    url: str, dst: Path, sha256: str | None, progress: bool, timeout: float, label: str, by_hand: str
+) -> str:
+    # For failures to reach the server; a short or damaged body says "try again" instead.
+    fix = f"check the URL and your connection, or {by_hand}"
     try:
         h = hashlib.sha256()
         received = 0

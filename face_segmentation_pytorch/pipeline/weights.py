@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import urllib.parse
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -24,7 +25,7 @@ from torch import nn
 from ..errors import CaffeModelError, WeightsError, WeightsSettingError
 from ..models.fcn8s import BGR_MEAN
 from .atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists, save_atomic
-from .download import download_url_to_file, extract_zip_member
+from .download import download_url_to_file, extract_zip_member, shown_folder
 from .families import FAMILIES, FCN8S, Family, Preprocessing, family_of_model, family_of_state_dict
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "get_weights",
     "default_params_dir",
     "load_state_dict_file",
+    "read_torch_state_dict",
+    "manual_install_hint",
     "find_or_download_state_dict",
     "load_model_parameters",
     "check_state_dict",
@@ -252,6 +255,135 @@ def check_state_dict(
     return fam.check_state_dict(state_dict, source)
 
 
+#: What to do about a damaged weights file, whichever way it got there.
+_REDO = "delete it to download it again, or convert the source again"
+
+#: The start of a pre-1.6 ``torch.save`` file: its magic number, pickled (protocol 2).
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _first_sentence(e: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, whole (torch's run to several lines)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    end = text.find(". ")
+    text = text[: end + 1] if 0 < end < limit else text
+    return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0] + "..."
+
+
+def _zip_damage(path: Path, size: int) -> str | None:
+    """Why a zip-format ``torch.save`` file is incomplete, or ``None`` if its zip structure is whole."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()  # reads every entry and checks its CRC
+    except zipfile.BadZipFile as e:
+        if str(e) == "File is not a zip file":  # no end-of-directory record: cut short
+            return f"the file stops at {size:,} bytes, without the zip directory torch.save writes at the end"
+        return str(e)
+    except (OSError, EOFError, ValueError) as e:
+        return _first_sentence(e)
+    return f"entry {bad} fails its CRC check" if bad else None
+
+
+def _torch_file_damage(path: Path, error: BaseException) -> str | None:
+    """Why ``path``, a ``torch.save`` file that failed to load with ``error``, is incomplete;
+    ``None`` when it is whole or not a ``torch.save`` file at all."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format (torch >= 1.6)
+        return _zip_damage(path, size)
+    legacy = _LEGACY_TORCH_MAGIC.startswith(head)
+    if legacy and (isinstance(error, EOFError) or "unexpected EOF" in str(error)):
+        return f"its data ends early, after {size:,} bytes"
+    return None
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> Mapping:
+    """``torch.load`` a ``.pt`` / ``.pth`` file with ``weights_only=True``, with one-line errors.
+
+    A checkpoint holding its weights under ``"state_dict"`` gives those.
+    The result is not checked against a network (see :func:`load_state_dict_file`).
+
+    Args:
+        path: The file.
+
+    Returns:
+        What the file holds (a mapping of names to tensors for weights files).
+
+    Raises:
+        WeightsError: No such file; a truncated or damaged file ("not a
+            complete PyTorch file", with the reason); anything else that is
+            not a ``torch.save`` file of plain tensors (pickled code, another format).
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except Exception as e:  # unpickling errors have many types
+        damage = _torch_file_damage(path, e) if path.is_file() else None
+        if damage is not None:
+            raise WeightsError(
+                f"{path}: not a complete PyTorch file (truncated or damaged: {damage}); {_REDO}"
+            ) from None
+        raise WeightsError(
+            f"{path}: not a state_dict saved with torch.save ({_first_sentence(e)}); "
+            "convert a caffemodel or OneFlow checkpoint with python -m face_segmentation_pytorch.convert"
+        ) from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    return state
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is incomplete (shorter than its header says), or ``None``.
+
+    The format: an 8-byte little-endian header length, a JSON header giving
+    each tensor's byte range, then the data.
+    """
+    import json
+
+    size = path.stat().st_size
+    if size < 8:
+        return f"the file has {size} bytes, fewer than the 8 of its header's length"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > 100 * 2**20:  # no real header is this long: not a safetensors file at all
+            return None
+        if 8 + n > size:
+            return f"its header alone should have {n:,} bytes; the file has {size:,}"
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not valid JSON"
+    if 8 + n + end > size:
+        return f"the file has {size:,} of the {8 + n + end:,} bytes its header lists"
+    return None
+
+
+def _read_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors, with one-line errors (see :func:`read_torch_state_dict`)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(
+            f"{path}: reading .safetensors needs the safetensors package; "
+            "pip install safetensors, or use the .pt file"
+        ) from None
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        damage = _safetensors_damage(path) if path.is_file() else None
+        if damage is not None:
+            raise WeightsError(
+                f"{path}: not a complete safetensors file (truncated or damaged: {damage}); {_REDO}"
+            ) from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({_first_sentence(e)})") from None
+
+
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".zip":
@@ -266,30 +398,8 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         except CaffeModelError as e:
             raise WeightsError(str(e)) from None
     if suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise WeightsError(
-                f"{path}: reading .safetensors needs the safetensors package; "
-                "pip install safetensors, or use the .pt file"
-            ) from None
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such file") from None
-    except Exception as e:  # unpickling errors have many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(
-            f"{path}: not a state_dict saved with torch.save ({first[:200]}); "
-            "convert a caffemodel or OneFlow checkpoint with python -m face_segmentation_pytorch.convert"
-        ) from None
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    return state
+        return _read_safetensors(path)
+    return read_torch_state_dict(path)
 
 
 def load_state_dict_file(path: str | os.PathLike, family: Family | str | None = None) -> dict[str, torch.Tensor]:
@@ -329,6 +439,34 @@ def _holds_one_weights_file(archive: Path) -> bool:
     return sum(n.lower().endswith(ARCHIVE_WEIGHT_SUFFIXES) for n in names) == 1
 
 
+def manual_install_hint(weights: Weights, folder: str | os.PathLike, url: str) -> str:
+    """What to do by hand when ``url`` cannot be downloaded: where to get the file, and the
+    name it must have in ``folder`` to be found (the end of the download error line).
+
+    Args:
+        weights: The entry (its file names and format).
+        folder: The weights folder, as the user gave it.
+        url: The URL that was tried (the entry's or WEIGHTS_URL).
+    """
+    where = shown_folder(folder)
+    stem = weights.local_stem
+    convert = "python -m face_segmentation_pytorch.convert"
+    if weights.file_format == "oneflow":
+        archive = PurePosixPath(urllib.parse.urlsplit(url).path).name or f"{stem}.zip"
+        return (
+            f"download the file from {url} and convert it into {where}: "
+            f"{convert} SOURCE={archive} OUT={where}{stem}.pt"
+        )
+    # Name the archive's entry only for the published archive: another URL may hold another file.
+    member = f" ({weights.archive_member})" if url == weights.url and weights.archive_member else ""
+    if weights.file_format == "state_dict":
+        return f"download the file from {url} and put the weights file it holds{member} in {where} as {stem}.pt"
+    return (
+        f"download the file from {url} and put the caffemodel it holds{member} in {where} as "
+        f"{stem}.caffemodel, or as {stem}.pt ({convert} SOURCE={stem}.caffemodel OUT={where}{stem}.pt)"
+    )
+
+
 def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progress: bool):
     """Download, extract, verify and install ``weights`` into ``folder``."""
     try:
@@ -353,7 +491,10 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
     label = PurePosixPath(urllib.parse.urlsplit(url).path).name or weights.name
     print(f"face_segmentation_pytorch: downloading {weights.name} from {url} to {folder}", file=sys.stderr)
     try:
-        digest = download_url_to_file(url, archive, sha256=sha256, progress=progress, label=label)
+        digest = download_url_to_file(
+            url, archive, sha256=sha256, progress=progress, label=label,
+            by_hand=manual_install_hint(weights, folder, url),
+        )
         if weights.file_format == "oneflow" and not _holds_one_weights_file(archive):
             # A OneFlow checkpoint tree: read it from the zip and install it
             # converted, as <stem>.pt (found first on the next run).
