@@ -192,7 +192,7 @@ def test_convert_command_error_is_one_line(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # a weights file that cannot be read (errors.EXIT_STATUSES)
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("o.pt*")) and not list(tmp_path.glob(".o.pt*"))
