@@ -310,5 +310,7 @@ def test_imagenet_offline_names_the_file_and_folder_to_fetch_by_hand(data2, tmp_
 
     assert proc.returncode == 3
     line = download_error_line(proc)
-    assert url in line and str(params / "resnet34-b627a593.pth") in line and "IMAGENET_WEIGHTS" in line, line
+    # The recipe by hand: the URL, the folder and the name the file must have there (not the hidden staging name).
+    assert url in line and str(params) in line and " resnet34-b627a593.pth" in line and "IMAGENET_WEIGHTS" in line, line
+    assert ".resnet34" not in line, line
     assert not params.exists() and not (tmp_path / "a").exists()

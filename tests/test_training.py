@@ -537,7 +537,8 @@ def test_imagenet_init_reads_a_torchvision_file_and_says_which_file_is_missing(t
     folder = tmp_path / "params"
     cfg = check_train_config(
         merge_options(
-            {"data_dir": tmp_path, "out_dir": tmp_path / "o", "init": "imagenet", "model_params_dir": folder},
+            {"data_dir": tmp_path, "out_dir": tmp_path / "o", "init": "imagenet", "model_params_dir": folder,
+             "imagenet_url": None},  # never download (test_train_user.py downloads from a local server)
             TRAIN_KEYS,
         )
     )
@@ -565,12 +566,14 @@ def test_missing_imagenet_file_exits_3_naming_it(tmp_path, capsys):
             f"OUT_DIR={tmp_path / 'o'}",
             "INIT=imagenet",
             f"MODEL_PARAMS_DIR={tmp_path / 'none'}",
+            "IMAGENET_URL=null",  # never download (test_train_user.py downloads from a local server)
             "PROGRESS=false",
         ]
     )
     err = capsys.readouterr().err
     assert code == 3 and err.startswith("error: INIT=imagenet needs torchvision's ImageNet resnet34 weights"), err
-    assert "resnet34-b627a593.pth" in err and "nothing is downloaded" in err
+    assert "resnet34-b627a593.pth" in err and "IMAGENET_URL=null" in err
+    assert not (tmp_path / "o").exists()
 
 
 # --------------------------------------------------------------------------- command mistakes

@@ -392,18 +392,22 @@ def _download_imagenet(url: str, folder: Path, progress: bool) -> tuple[Path, di
     failure leaves neither the file nor a folder this call created.
 
     Raises:
-        DownloadError: Offline, an HTTP error, a short body or a hash mismatch;
-            the message ends with the way to do it by hand.
+        DownloadError: Offline or an HTTP error (the line ends with the way to
+            do it by hand, as for every weights file), a short body or a hash mismatch.
         WeightsError: The file is not torchvision resnet34 weights.
     """
     from ..errors import DownloadError, WeightsSettingError
     from ..pipeline.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists
-    from ..pipeline.download import download_url_to_file
+    from ..pipeline.download import download_url_to_file, shown_folder
 
     name = _url_file_name(url)
     prefix = _HASH_IN_NAME.search(name).group(1)
     final = folder / name
-    by_hand = f"by hand: save {url} as {final}, or give IMAGENET_WEIGHTS=<a copy you have>"
+    # The downloader's default names its destination, here the hidden staging file.
+    by_hand = (
+        f"download the file from {url} and put it in {shown_folder(folder)} as {name}, or give "
+        "IMAGENET_WEIGHTS=<a copy you have>"
+    )
     try:
         created = ensure_writable_dir(folder)
     except OSError as e:
@@ -419,13 +423,10 @@ def _download_imagenet(url: str, folder: Path, progress: bool) -> tuple[Path, di
         flush=True,
     )
     try:
-        try:
-            digest = download_url_to_file(url, staged, progress=progress, label=name)
-        except DownloadError as e:
-            raise DownloadError(f"{e}; {by_hand}") from None
+        digest = download_url_to_file(url, staged, progress=progress, label=name, by_hand=by_hand)
         if not digest.startswith(prefix):
             raise DownloadError(
-                f"sha256 mismatch for {url}: its name {name} says the sha256 starts with {prefix}, the file's is "
+                f"sha256 mismatch for {url}: its name {name} says its sha256 starts with {prefix}, the file's is "
                 f"{digest}; the download is damaged or not that file: try again, or {by_hand}"
             )
         state = _imagenet_encoder_state(staged, url)
