@@ -26,6 +26,7 @@ one that was never stopped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +49,10 @@ from torch import nn
 from ..errors import ConfigError, FaceSegmentationError, WeightsError
 from ..keys import Key, is_int, is_number, merge_options
 from .losses import SegmentationLoss, face_logit
+
+if TYPE_CHECKING:
+    from ..pipeline.weights import Weights
+    from .data import TrainingData
 
 __all__ = [
     "TRAIN_KEYS",
@@ -639,14 +645,15 @@ def check_batchnorm_values(model: nn.Module, cfg: Mapping, what: str, n_train: i
     spatial = "x".join(str(d) for d in shape[2:])
     where = f"a {spatial} feature map" if spatial else "no feature map"
     step = max(1, get_weights(cfg["WEIGHTS"]).arch.size_multiple)
-    # The next sizes the network takes, up to 4x: the smallest that gives every layer 2 values or more.
-    bigger = next((s for s in range(size + step, 4 * size + 1, step) if not _single_value_layers(model, s, bs)), None)
+    # The smallest of the next 16 sizes the network takes (up to 4x) that gives every layer 2 values or more.
+    sizes = itertools.islice(range(size + step, 4 * size + 1, step), 16)
+    bigger = next((s for s in sizes if not _single_value_layers(model, s, bs)), None)
     fixes = ([f"INPUT_SIZE={bigger} or more"] if bigger else []) + ["BATCH_SIZE=2 or more"]
     fix = ", or ".join(fixes)
     if n_train < 2:
         fix += f" (a batch of 2 needs 2 training images; the training set has {n_train})"
     raise ConfigError(
-        f"BATCH_SIZE={bs} with INPUT_SIZE={size} gives {what}'s BatchNorm layer {name} one value per channel in "
+        f"BATCH_SIZE={bs} with INPUT_SIZE={size} gives BatchNorm layer {name} of {what} one value per channel in "
         f"training ({where}, {bs} image per batch), which it cannot normalise; use {fix}"
     )
 
@@ -1018,7 +1025,7 @@ class Trainer:
             raise ConfigError("AMP=true needs CUDA; training on the CPU runs in float32")
         return device
 
-    def _discover_data(self):
+    def _discover_data(self) -> TrainingData:
         """The checked data (:class:`~.data.DataError` lists every problem), with room for one batch."""
         from .data import discover
 
@@ -1122,8 +1129,20 @@ class Trainer:
             remove_empty_dirs(created)
             raise
 
-    def _train(self, model: nn.Module, origin: str, ckpt: Mapping | None, data, entry, device) -> TrainResult:
-        """Set up the optimizer and schedule (restored from ``ckpt``), write config.yaml, and train."""
+    def _train(
+        self, model: nn.Module, origin: str, ckpt: Mapping | None, data: TrainingData, entry: Weights,
+        device: torch.device,
+    ) -> TrainResult:
+        """Set up the optimizer and schedule (restored from ``ckpt``), write config.yaml, and train.
+
+        Args:
+            model: The network, on ``device``, in train mode.
+            origin: Where its weights came from (said once).
+            ckpt: The run's ``last.pt`` when resuming.
+            data: The checked training data.
+            entry: The weights entry (preprocessing, family).
+            device: Where it trains.
+        """
         from .data import SegmentationDataset
 
         cfg = self.cfg
