@@ -35,6 +35,7 @@ from face_segmentation_pytorch import (
 )
 from face_segmentation_pytorch.convert import main as convert_main
 from face_segmentation_pytorch.export import main as export_main
+from face_segmentation_pytorch.pipeline.weights import read_torch_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -391,6 +392,35 @@ def test_truncated_pre_1_6_torch_file_is_named_as_such(tmp_path, cut):
         f"{tmp_path / 'face_seg_fcn8s.pt'}: not a complete PyTorch file (truncated or damaged: {reason}); "
         "delete it to download it again, or convert the source again"
     )
+
+
+def _damaged_pickle(data: bytes) -> bytes:
+    """``data`` (a zip-format torch.save file) with its pickle's first two bytes overwritten in place."""
+    import struct
+
+    info = next(i for i in zipfile.ZipFile(io.BytesIO(data)).infolist() if i.filename.endswith("data.pkl"))
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the entry's bytes, after its local header
+    return data[:start] + b"\xff\xff" + data[start + 2:]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_damaged_pickle, "not a complete PyTorch file (truncated or damaged: entry archive/data.pkl fails its CRC "
+                          "check); delete it to download it again, or convert the source again"),
+        (lambda data: b"name,value\n" + data[:20], "not a state_dict saved with torch.save (it is neither "
+                                                    "torch.save's zip format nor its older pickle format)"),
+    ],
+    ids=["damaged-inside", "not-torch"],
+)
+def test_damaged_or_foreign_pt_says_which(tmp_path, damage, reason):
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(3)}, buf)
+    (tmp_path / "archive.pt").write_bytes(damage(buf.getvalue()))
+    with pytest.raises(WeightsError) as e:
+        read_torch_state_dict(tmp_path / "archive.pt")
+    assert str(e.value).startswith(f"{tmp_path / 'archive.pt'}: {reason}")
 
 
 def test_truncated_safetensors_is_one_clean_line_exit_3(tmp_path, photos):

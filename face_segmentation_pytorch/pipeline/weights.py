@@ -11,6 +11,7 @@ exception.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import urllib.parse
 import zipfile
@@ -264,7 +265,7 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 def _first_sentence(e: BaseException, limit: int = 160) -> str:
     """The first sentence of an exception's message, whole (torch's run to several lines)."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()) or type(e).__name__  # no terminal colours
     end = text.find(". ")
     text = text[: end + 1] if 0 < end < limit else text
     return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0] + "..."
@@ -300,6 +301,19 @@ def _torch_file_damage(path: Path, error: BaseException) -> str | None:
     return None
 
 
+def _torch_load_reason(path: Path, error: BaseException) -> str:
+    """Why a whole file did not load with ``torch.load(weights_only=True)``, in a few words."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip format, or a pickle
+        return "it is neither torch.save's zip format nor its older pickle format"
+    text = str(error)
+    marker = "WeightsUnpickler error:"  # after torch's advice on loading untrusted files
+    if marker in text:
+        return "it holds more than tensors: " + _first_sentence(RuntimeError(text.split(marker, 1)[1]))
+    return _first_sentence(error)
+
+
 def read_torch_state_dict(path: str | os.PathLike) -> Mapping:
     """``torch.load`` a ``.pt`` / ``.pth`` file with ``weights_only=True``, with one-line errors.
 
@@ -329,7 +343,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> Mapping:
                 f"{path}: not a complete PyTorch file (truncated or damaged: {damage}); {_REDO}"
             ) from None
         raise WeightsError(
-            f"{path}: not a state_dict saved with torch.save ({_first_sentence(e)}); "
+            f"{path}: not a state_dict saved with torch.save ({_torch_load_reason(path, e)}); "
             "convert a caffemodel or OneFlow checkpoint with python -m face_segmentation_pytorch.convert"
         ) from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
