@@ -25,34 +25,42 @@ import pytest
 
 av = pytest.importorskip("av")
 
-#: Marker block (top-left, in the picture as shown) and its grey levels: frame i is 16 + 7 * i.
-MARK = (slice(0, 8), slice(0, 12))
+#: Marker: two blocks at the top left (in the picture as shown), each a base-16 digit of the
+#: frame number as a grey level 24 + 13 * digit: 13 levels apart, so two generations of
+#: lossy coding (about 2 levels each here) cannot turn one digit into the next.
+MARKS = ((slice(0, 8), slice(0, 12)), (slice(0, 8), slice(12, 24)))
+_STEP, _BASE = 13, 24
 TONE_HZ = 440.0
 SAMPLE_RATE = 48000
 
 
-def marker_level(i: int) -> int:
-    return 16 + (7 * i) % 224
+def draw_marker(img: np.ndarray, i: int) -> None:
+    for block, digit in zip(MARKS, (i % 16, i // 16)):
+        img[block] = _BASE + _STEP * digit
 
 
 def read_marker(rgb: np.ndarray) -> int:
-    """The frame number a picture's marker says (nearest level)."""
-    level = float(rgb[2:6, 2:10].mean())
-    return int(round((level - 16) / 7))
+    """The frame number a picture's marker says (each digit to its nearest level)."""
+    digits = [int(round((float(rgb[r.start + 2:r.stop - 2, c.start + 2:c.stop - 2].mean()) - _BASE) / _STEP))
+              for r, c in MARKS]
+    return digits[0] + 16 * digits[1]
 
 
 def picture(i: int, width: int, height: int, seed: int = 0, n: int = 30) -> np.ndarray:
     """Frame ``i`` as it should be shown (RGB): a textured ellipse moving over a
     gradient, and the marker."""
+    import cv2
+
     rng = np.random.default_rng(seed)
-    texture = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    # Blurred noise: detail at the scale of real footage, which 4:2:0 codecs keep.
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 1.5)
     yy, xx = np.mgrid[0:height, 0:width]
     img = np.dstack([xx * 200 // max(width, 1) + 30, yy * 160 // max(height, 1) + 40, np.full_like(xx, 140)])
     img = img.astype(np.uint8)
     cx = width * (0.3 + 0.4 * i / max(n - 1, 1))
     inside = ((xx - cx) / (width * 0.22)) ** 2 + ((yy - height * 0.55) / (height * 0.3)) ** 2 < 1
     img[inside] = texture[inside]
-    img[MARK] = marker_level(i)
+    draw_marker(img, i)
     return img
 
 
@@ -220,6 +228,17 @@ def dominant_hz(path: Path) -> float:
     return float(np.fft.rfftfreq(len(x), 1 / rate)[int(np.argmax(spectrum))])
 
 
+def near(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two pictures at a quarter of their size: what
+    survives lossy coding, while a turned, shifted or swapped picture stays far."""
+    import cv2
+
+    h, w = a.shape[:2]
+    small = (max(1, w // 4), max(1, h // 4))
+    return float(np.abs(cv2.resize(a, small, interpolation=cv2.INTER_AREA).astype(int)
+                        - cv2.resize(b, small, interpolation=cv2.INTER_AREA).astype(int)).mean())
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -232,8 +251,9 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 # Weights and a web server.
 
 
-def random_linknet_state(seed: int = 0) -> dict:
-    """LinkNet34 with random weights whose masks have edges (logits spread out)."""
+def random_linknet_state(seed: int = 0, *, blank: bool = False) -> dict:
+    """LinkNet34 with random weights whose masks have edges (logits spread out), or,
+    ``blank``, that finds no face anywhere (so a drawn frame is the frame itself)."""
     import torch
 
     from face_segmentation_pytorch.models.linknet import LinkNet34
@@ -246,14 +266,17 @@ def random_linknet_state(seed: int = 0) -> dict:
                 m.running_mean.normal_(0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
         model.finalconv3.weight.mul_(40.0)
+        if blank:
+            model.finalconv3.weight.zero_()
+            model.finalconv3.bias.fill_(-30.0)
     return model.state_dict()
 
 
-def write_linknet_weights(folder: Path, seed: int = 0) -> Path:
+def write_linknet_weights(folder: Path, seed: int = 0, *, blank: bool = False) -> Path:
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(random_linknet_state(seed), folder / "linknet_oneflow_model.pt")
+    torch.save(random_linknet_state(seed, blank=blank), folder / "linknet_oneflow_model.pt")
     return folder
 
 

@@ -10,10 +10,11 @@ Each sound stream of the source file is
 - left out, with one line saying why, only when FFmpeg cannot decode it.
 
 Packets keep their timestamps, so sound and pictures stay in step as in the
-source. The writer thread calls :meth:`SoundTracks.pump` before each video frame
-(the container interleaves the streams) and :meth:`SoundTracks.finish` at the
-end; a run that stopped early (``MAX_FRAMES``, Ctrl-C) ends the sound where the
-pictures end.
+source. The writer thread calls :meth:`SoundTracks.pump` with each video
+frame's time, so the sound is written up to the pictures and no further (the
+container's interleaving orders the packets), and :meth:`SoundTracks.finish`
+at the end: a run that stopped early (``MAX_FRAMES``, Ctrl-C) ends the sound
+where the pictures end, since nothing was written past them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from pathlib import Path
 
 from .video_av import av_error
 
-__all__ = ["SoundTracks", "LEAD_S"]
+__all__ = ["SoundTracks"]
 
-#: How far (seconds) the sound is written ahead of the pictures.
-LEAD_S = 0.5
+#: The usual layout for a number of channels.
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
 
 @dataclass
@@ -95,8 +96,14 @@ class SoundTracks:
         codec = av.codec.Codec(encoder, "w")
         channels = s.codec_context.channels or 2
         out = self._output.add_stream(encoder, rate=_encoder_rate(codec, s.codec_context.sample_rate or 48000))
-        layout = s.codec_context.layout.name if channels <= 2 or encoder != "libmp3lame" else "stereo"
-        out.layout = layout if channels <= 8 else "stereo"
+        layout = s.codec_context.layout.name
+        if channels > 8 or (channels > 2 and encoder == "libmp3lame"):
+            layout = "stereo"  # more than the encoder takes: a stereo downmix
+        elif layout.endswith("channels"):
+            # Channels in no stated order ("1 channels": PCM in Matroska), which
+            # encoders refuse: the usual layout for that many.
+            layout = _LAYOUTS[channels]
+        out.layout = layout
         out.bit_rate = 96000 * min(channels, 2) + 64000 * max(0, min(channels, 8) - 2)
         if s.metadata.get("language"):
             out.metadata["language"] = s.metadata["language"]

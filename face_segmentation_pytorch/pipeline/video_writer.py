@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .video_audio import LEAD_S, SoundTracks
+from .video_audio import SoundTracks
 from .video_av import VideoError, av_error, require_av
 from .video_pause import pause
 from .video_render import STYLES, render_frame
@@ -210,11 +210,11 @@ def _container_codecs(av, kind: OutputType) -> set[str]:
         return set(c.supported_codecs)
 
 
-def _opens(av, encoding: Encoding, width: int, height: int) -> bool:
-    """Whether the encoder takes frames of this size (a test open, nothing written)."""
+def _opens(av, encoding: Encoding, width: int, height: int, time_base: Fraction = Fraction(1, 25)) -> bool:
+    """Whether the encoder takes frames of this size in this time base (a test open, nothing written)."""
     ctx = av.CodecContext.create(encoding.encoder, "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, encoding.pix_fmt
-    ctx.time_base = Fraction(1, 25)
+    ctx.time_base = time_base
     ctx.options = {k: v for k, v in encoding.options.items()}
     try:
         ctx.open()
@@ -328,7 +328,15 @@ class VideoSink:
             s.pix_fmt = enc.pix_fmt
             if enc.type.constant_rate or time_base is None:
                 time_base = rate_time_base(rate or DEFAULT_FPS)
-            self.time_base = Fraction(time_base)
+            time_base = Fraction(time_base)
+            if not _opens(av, enc, *coded, time_base):
+                # MPEG-4 Part 2 takes denominators up to 65535 (MP4's 1/90000 is refused):
+                # 1/60000 still places frames to the sub-millisecond, else the frame rate's.
+                time_base = next(
+                    (tb for tb in (Fraction(1, 60000), rate_time_base(rate or DEFAULT_FPS)) if _opens(av, enc, *coded, tb)),
+                    time_base,
+                )
+            self.time_base = time_base
             s.time_base = self.time_base
             s.codec_context.time_base = self.time_base
             if rate:
@@ -394,7 +402,7 @@ class VideoSink:
             frame.duration = max(1, round(shown_for / self.time_base))
         self._end = t + (shown_for if shown_for is not None else self.time_base)
         if self.sound is not None:
-            self.sound.pump(float(t) + LEAD_S)
+            self.sound.pump(float(t))  # the sound up to this frame, not past it (an early stop ends there)
         self._container.mux(self._stream.encode(frame))
 
     def put(
