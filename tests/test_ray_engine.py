@@ -37,6 +37,7 @@ from test_cli import _last_line, _photo, run_cli
 
 import face_segmentation_pytorch as fsp
 from face_segmentation_pytorch import cli
+from face_segmentation_pytorch.jobs.local import run_local
 from face_segmentation_pytorch.errors import ConfigError
 from face_segmentation_pytorch.pipeline import ray_engine
 from face_segmentation_pytorch.pipeline.ray_engine import plan_actors, remove_stale_partials
@@ -136,10 +137,10 @@ def test_ray_keys_parse():
 
 
 def test_segmenter_is_built_from_the_same_keys_as_cli_run():
-    """The actors build their FaceSegmenter as cli._run does: through the one
-    cli.make_segmenter, whose keyword table names real FaceSegmenter
+    """The actors build their FaceSegmenter as the local engine does: through the one
+    jobs.folder.make_segmenter, whose keyword table names real FaceSegmenter
     parameters and real command line keys."""
-    tree = ast.parse(inspect.getsource(cli._run))
+    tree = ast.parse(inspect.getsource(run_local))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "make_segmenter"]
     assert len(calls) == 1
     assert ray_engine.make_segmenter is cli.make_segmenter
@@ -464,9 +465,10 @@ def test_killed_actor_is_replaced_and_every_output_is_written_once(tmp_path, sli
     assert replacement, "no actor replaced the killed one"
     assert proc.returncode == 0, err
     assert "32 images done, 0 failed" in err.strip().splitlines()[-1]
-    # Every output once, whole, under its final name; no temporary file left.
+    # Every output once, whole, under its final name; no temporary file left
+    # (and the record of the settings that made them, the rerun rule).
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"img{i:02d}{k}" for i in range(32) for k in ("__mask.png", "__overlay.png"))
+        [f"img{i:02d}{k}" for i in range(32) for k in ("__mask.png", "__overlay.png")] + ["face_segmentation_run.json"])
     # ...and each equal to the local engine's.
     local = run_cli(*job, f"OUT_DIR={tmp_path / 'local'}")
     assert local.returncode == 0, local.stderr

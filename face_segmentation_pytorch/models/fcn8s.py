@@ -24,6 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+# Per-channel mean of the training images, in BGR order (from the authors' tool);
+# re-exported here, its documented place.
+from .constants import BGR_MEAN
+
 __all__ = [
     "FaceSegmentationNet",
     "bilinear_upsampling_kernel",
@@ -32,9 +36,6 @@ __all__ = [
     "architecture_from_state_dict",
     "BGR_MEAN",
 ]
-
-#: Per-channel mean of the training images, in BGR order (from the authors' tool).
-BGR_MEAN: tuple[float, float, float] = (104.00699, 116.66877, 122.67892)
 
 #: VGG-16 blocks: (block index, number of 3x3 convolutions, output channels).
 _VGG_BLOCKS: tuple[tuple[int, int, int], ...] = (

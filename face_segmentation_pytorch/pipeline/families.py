@@ -15,15 +15,16 @@ ONNX backend) calls these and has no ``if family == ...`` of its own.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .preprocess import Preprocessing
 
 __all__ = [
     "Preprocessing",
+    "IMAGENET_PREPROCESSING",
     "Family",
     "FCN8S",
     "LINKNET34",
@@ -33,31 +34,16 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a family's weights expect images (data, not code).
-
-    Attributes:
-        input_size: Side the weights were trained at; images are resized to it
-            by default.
-        channel_order: ``"BGR"`` or ``"RGB"``: the order the network takes.
-        mean: Subtracted per channel, in the network's channel order, in 0..255 units.
-        std: Divides per channel after the mean, in 0..255 units (1 for Caffe).
-        resample: ``"bicubic"`` (OpenCV's ``INTER_CUBIC``: Keys a=-0.75, no
-            antialiasing, rounded to uint8; the authors' Caffe tool) or
-            ``"pil_bilinear"`` (Pillow's bilinear resize of the uint8 image,
-            as torchvision's ``transforms.Resize`` on a PIL image does).
-        swap_input_channels: Reverse the image's channels before everything
-            else: the OneFlow demo fed OpenCV's BGR frames to a network
-            trained on RGB (a bug reproduced only on request).
-    """
-
-    input_size: int
-    channel_order: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    resample: str = "bicubic"
-    swap_input_channels: bool = False
+#: ImageNet statistics in 0..255 units, RGB, Pillow's bilinear resize to 256x256:
+#: the LinkNet34 baseline's preprocessing (torchvision's transforms.Resize on a PIL
+#: image), used by its published entry and by LinkNet34 objects given without one.
+IMAGENET_PREPROCESSING = Preprocessing(
+    input_size=256,
+    channel_order="RGB",
+    mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+    std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
+    resample="pil_bilinear",
+)
 
 
 class Family:
@@ -238,9 +224,9 @@ class _LinkNet34(Family):
         return model
 
     def preprocessing_of(self, model):
-        from .weights import DEFAULT_FOR_FAMILY, WEIGHTS
-
-        return WEIGHTS[DEFAULT_FOR_FAMILY[self.name]].preprocessing
+        # The published entry's preprocessing (weights.py uses this object for it),
+        # defined here so that the family needs nothing from the registry above it.
+        return IMAGENET_PREPROCESSING
 
     def logits_to_pmap(self, output, face_channel):
         # A new tensor: with CUDA graphs (compile_mode) the logits' memory is

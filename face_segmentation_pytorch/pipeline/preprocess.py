@@ -8,16 +8,17 @@ float -> subtract the BGR mean. No division and no contrast stretch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.fcn8s import BGR_MEAN
-from .families import Preprocessing
+from ..models.constants import BGR_MEAN
 from .imageio import to_rgb
 
 __all__ = [
+    "Preprocessing",
     "image_to_input",
     "prepare_input",
     "prepare_uint8",
@@ -29,6 +30,33 @@ __all__ = [
 ]
 
 Size = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a family's weights expect images (data, not code).
+
+    Attributes:
+        input_size: Side the weights were trained at; images are resized to it
+            by default.
+        channel_order: ``"BGR"`` or ``"RGB"``: the order the network takes.
+        mean: Subtracted per channel, in the network's channel order, in 0..255 units.
+        std: Divides per channel after the mean, in 0..255 units (1 for Caffe).
+        resample: ``"bicubic"`` (OpenCV's ``INTER_CUBIC``: Keys a=-0.75, no
+            antialiasing, rounded to uint8; the authors' Caffe tool) or
+            ``"pil_bilinear"`` (Pillow's bilinear resize of the uint8 image,
+            as torchvision's ``transforms.Resize`` on a PIL image does).
+        swap_input_channels: Reverse the image's channels before everything
+            else: the OneFlow demo fed OpenCV's BGR frames to a network
+            trained on RGB (a bug reproduced only on request).
+    """
+
+    input_size: int
+    channel_order: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resample: str = "bicubic"
+    swap_input_channels: bool = False
 
 
 def _as_hw(size: Size) -> tuple[int, int]:

@@ -39,7 +39,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..cli import SEGMENTER_KEYS, make_segmenter, start_line  # one segmenter, as ENGINE=local builds it
+from ..jobs import folder as folder_job
+from ..jobs.folder import make_segmenter, start_line  # one segmenter, as ENGINE=local builds it
+from ..jobs.settings import KEYS, SEGMENTER_KEYS
 from ..errors import ConfigError, ImageReadError
 
 __all__ = [
@@ -164,8 +166,6 @@ def torch_threads(cpus: float) -> int:
 
 def _settings(settings: Mapping[str, object] | None) -> dict:
     """The command line's keys with their defaults, updated by ``settings``."""
-    from ..cli import KEYS
-
     cfg = {name: key.default for name, key in KEYS.items()}
     for name, value in (settings or {}).items():
         if name not in KEYS:
@@ -176,7 +176,7 @@ def _settings(settings: Mapping[str, object] | None) -> dict:
 
 #: The command line's keys ``ENGINE=ray`` honours: the segmenter's, and those the
 #: driver (inputs, outputs, report) or the actors (WORKERS, MAX_IMAGE_PIXELS)
-#: use as ``cli._run`` does (PIPELINE: actors are processes already and read in
+#: use as ``jobs.local.run_local`` does (PIPELINE: actors are processes already and read in
 #: threads; ``parse_args`` refuses PIPELINE=processes with ENGINE=ray). A test fails on a key missing here, so a new
 #: key is not silently ignored by this engine.
 HANDLED_KEYS = frozenset(SEGMENTER_KEYS.values()) | {
@@ -249,7 +249,6 @@ class SegmentImages:
         import torch
         from PIL import Image
 
-        from ..cli import _output_kinds
 
         self.cfg = _settings(settings)
         if threads is not None:
@@ -261,7 +260,7 @@ class SegmentImages:
         # that asked for none (Ray leaves them every GPU of the node).
         device = self.cfg["DEVICE"] if self.cfg["BACKEND"] != "onnxruntime" else self.cfg["DEVICE"] or "cpu"
         self.segmenter = make_segmenter(self.cfg, device, progress=False)
-        self.kinds = _output_kinds(self.cfg)
+        self.kinds = folder_job.output_kinds(self.cfg)
         # Decoding and writing overlap within a batch, as WORKERS threads do locally.
         workers = 2 if self.cfg["WORKERS"] == "auto" else int(self.cfg["WORKERS"])
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsp-ray")
@@ -271,7 +270,6 @@ class SegmentImages:
 
     def _read(self, row: dict):
         """Decode and prepare one image; a ``(stage, reason)`` tuple when it fails."""
-        from ..cli import _first_line
         from .imageio import load_image
 
         path = row["path"]
@@ -283,18 +281,16 @@ class SegmentImages:
             boxes = json.loads(row["boxes"]) if row.get("boxes") else None
             return self.segmenter.prepare(img, Path(path) if path else None, boxes)
         except (RuntimeError, ValueError, OSError) as e:
-            return ("prepare", _first_line(e))
+            return ("prepare", folder_job.first_line(e))
 
     def _write(self, seg, stem: str) -> None:
-        from ..cli import _write_outputs
 
-        _write_outputs(seg, Path(stem), self.kinds, per_face=bool(self.cfg["PER_FACE"]))
+        folder_job.write_outputs(seg, Path(stem), self.kinds, per_face=bool(self.cfg["PER_FACE"]))
 
     def __call__(self, batch: dict) -> dict:
         """Segment one batch (``dict[str, numpy.ndarray]``); one result row per input row."""
         import numpy as np
 
-        from ..cli import _first_line, _gallery_row
 
         n = len(batch["path"])
         rows = [{k: _plain(v[j]) for k, v in batch.items()} for j in range(n)]
@@ -331,14 +327,14 @@ class SegmentImages:
                 results = self.segmenter.run([p for _, p in ready])
             except (RuntimeError, ValueError) as e:
                 for j, _ in ready:
-                    fail(j, "inference", _first_line(e))
+                    fail(j, "inference", folder_job.first_line(e))
                 results = []
             writes = []
             for (j, _), seg in zip(ready, results):
                 if seg.faces is not None:  # cropped (detected or given boxes)
                     out["faces"][j] = len(seg.faces)
                 if rows[j].get("gallery"):
-                    out["gallery"][j] = pickle.dumps(_gallery_row(Path(rows[j]["path"]), seg))
+                    out["gallery"][j] = pickle.dumps(folder_job.gallery_row(Path(rows[j]["path"]), seg))
                 if writing:
                     writes.append((j, self.pool.submit(self._write, seg, rows[j]["stem"])))
                 else:
@@ -349,7 +345,7 @@ class SegmentImages:
                 try:
                     fut.result()
                 except (OSError, ValueError) as e:
-                    fail(j, "write", _first_line(e))
+                    fail(j, "write", folder_job.first_line(e))
         result = {k: np.asarray(v) for k, v in out.items() if k != "gallery"}
         result["gallery"] = np.array(out["gallery"], dtype=object)
         if not writing:
@@ -437,8 +433,6 @@ def segment_dataset(
 
 
 def _default(name: str):
-    from ..cli import KEYS
-
     return KEYS[name].default
 
 
@@ -654,17 +648,16 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
         created: Folders this run creates are appended (``cli.run`` removes
             them again when they stay empty).
     """
-    from .. import cli
     from .progress import progress_bar
 
     ray = _import_ray()
     gpus_per_actor = float(cfg["RAY_GPUS_PER_ACTOR"] or 0)
-    out_dir = cli.check_settings(cfg)
+    out_dir = folder_job.check_settings(cfg)
     device = _check_device(cfg, gpus_per_actor)
     if cfg["RAY_ADDRESS"] is not None:
         _check_address(cfg["RAY_ADDRESS"])  # before any work: a wrong address is a typo to fix
-    plan = cli.plan_run(cfg, out_dir, created)  # the same plan and resume rule as ENGINE=local
-    if cli.nothing_to_do(cfg, plan):
+    plan = folder_job.plan_run(cfg, out_dir, created)  # the same plan and resume rule as ENGINE=local
+    if folder_job.nothing_to_do(cfg, plan):
         return 0
     images, root, missing, kinds, stems = plan.images, plan.root, plan.missing, plan.kinds, plan.stems
     todo, skipped, user_boxes = plan.todo, plan.skipped, plan.user_boxes
@@ -679,7 +672,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
     probe = make_segmenter(cfg, "cpu", progress=cfg["PROGRESS"], precision=probe_precision, compile=False)
     weights_source, input_size = probe.weights_source, probe.input_size
     del probe
-    cli.record_settings(plan)
+    folder_job.record_settings(plan)
     # Actors get absolute paths: their working folder need not be ours.
     settings = {k: v for k, v in cfg.items() if v != _default(k) and not k.startswith("RAY_") and k != "ENGINE"}
     for key in ("MODEL_PARAMS_DIR", "WEIGHTS_FILE"):
@@ -714,7 +707,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
             print(
                 f"face_segmentation_pytorch: {where} ({cpus_total:g} CPUs"
                 + (f", {sum(g for _, g in nodes):g} GPUs" if gpus_per_actor else "")
-                + f"): {cli._plural(actors, 'actor')} of {cpus:g} CPUs"
+                + f"): {folder_job.plural(actors, 'actor')} of {cpus:g} CPUs"
                 + (f" and {gpus_per_actor:g} GPUs" if gpus_per_actor else "")
                 + f", batch size {cfg['BATCH_SIZE']}",
                 file=sys.stderr,
@@ -756,7 +749,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
                         if i in finished:  # a retried batch's second report of the same image
                             continue
                         finished.add(i)
-                        # As cli._run: an image that ran counts for "no face" and the
+                        # As jobs.local.run_local: an image that ran counts for "no face" and the
                         # gallery even when its write then failed.
                         if cropping and int(batch["faces"][j]) == 0:
                             no_face.append(images[i])
@@ -802,11 +795,11 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
     for path, stage, reason in failures:
         msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
         print(f"failed ({stage}): {msg}", file=sys.stderr)
-    log = cli._write_failure_log(cfg, out_dir, root, failures)
+    log = folder_job.write_failure_log(cfg, out_dir, root, failures)
     summary = (
         "face_segmentation_pytorch: "
         + ("interrupted; " if interrupted else "")
-        + f"{cli._plural(done, 'image')} done, {len(failures)} failed, "
+        + f"{folder_job.plural(done, 'image')} done, {len(failures)} failed, "
         f"{skipped} skipped (outputs exist)"
         + (f", {len(no_face)} without a face" if cropping else "")
         + (f", {done / elapsed:.2f} images/s" if done and elapsed > 0 else "")
@@ -820,10 +813,9 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
 
 
 def _write_gallery(cfg: dict, rows: list, failures: list) -> None:
-    """The GALLERY picture, as ``cli._run`` makes it, from the actors' rows."""
+    """The GALLERY picture, as ``jobs.local.run_local`` makes it, from the actors' rows."""
     import io
 
-    from ..cli import _first_line
     from .atomic import save_atomic
     from .render import gallery
 
@@ -834,4 +826,4 @@ def _write_gallery(cfg: dict, rows: list, failures: list) -> None:
         pic.save(buf, format=fmt, quality=90)
         save_atomic(Path(cfg["GALLERY"]), lambda f: f.write(buf.getvalue()))
     except (OSError, ValueError) as e:
-        failures.append((Path(cfg["GALLERY"]), "gallery", _first_line(e)))
+        failures.append((Path(cfg["GALLERY"]), "gallery", folder_job.first_line(e)))

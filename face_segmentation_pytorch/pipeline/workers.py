@@ -121,7 +121,7 @@ class Job:
 
     def read(self, items: Sequence[tuple[int, Path, list | None]]) -> list[tuple[int, Prepared | tuple[str, str]]]:
         """Decode and prepare images: ``(index, Prepared)``, or ``(index, (stage, reason))``."""
-        from ..cli import _first_line
+        from ..jobs.folder import first_line
         from .imageio import load_image
 
         out = []
@@ -134,7 +134,7 @@ class Job:
             try:
                 out.append((i, self.preparer.prepare(img, path, boxes)))
             except (RuntimeError, ValueError, OSError) as e:
-                out.append((i, ("prepare", _first_line(e))))
+                out.append((i, ("prepare", first_line(e))))
         return out
 
     def needs_image(self, gallery: bool) -> bool:
@@ -147,7 +147,7 @@ class Job:
         ``prepared.image`` may be ``None`` (it came from a worker process):
         the image is then read again, only if an output shows it.
         """
-        from ..cli import _first_line, _gallery_row, _write_outputs
+        from ..jobs.folder import first_line, gallery_row, write_outputs
         from .imageio import as_rgb_image, load_image
 
         if prepared.image is None and self.needs_image(gallery):
@@ -158,12 +158,12 @@ class Job:
         try:
             seg = self.assembler.assemble(prepared, maps)
         except (RuntimeError, ValueError) as e:
-            return Written(("inference", _first_line(e)))
+            return Written(("inference", first_line(e)))
         try:
-            _write_outputs(seg, stem, self.kinds, per_face=self.per_face)
-            row = _gallery_row(prepared.path, seg) if gallery else None
+            write_outputs(seg, stem, self.kinds, per_face=self.per_face)
+            row = gallery_row(prepared.path, seg) if gallery else None
         except (OSError, ValueError) as e:
-            return Written(("write", _first_line(e)))
+            return Written(("write", first_line(e)))
         return Written(None, row)
 
 
@@ -262,7 +262,7 @@ class ProcessWorkers:
     weights; :meth:`bind` then gives them the job. A worker that dies
     (killed, out of memory) breaks the pool: the futures then raise
     :class:`BrokenProcessPool`, and the batch command starts a new pool and
-    retries the images that were in flight one at a time (``cli._run``).
+    retries the images that were in flight one at a time (``jobs.local.run_local``).
     """
 
     kind = "processes"
