@@ -72,7 +72,7 @@ EXIT_STATUSES = {
     0: "OUT was written (and its .safetensors twin with SAFETENSORS=true)",
     2: _COMMON_STATUSES[2],
     3: "SOURCE cannot be read as weights of either network (truncated, corrupt or foreign); nothing was written",
-    130: "interrupted (Ctrl-C); nothing was written",
+    130: "interrupted (Ctrl-C); no partly written file is left",
 }
 
 # KEY=VALUE arguments: a bare name, then '='. Paths with '=' after a '/' stay positional.
@@ -95,7 +95,7 @@ def help_text() -> str:
     )
 
 
-class _FlagParser(argparse.ArgumentParser):
+class FlagParser(argparse.ArgumentParser):
     """argparse for a command's older flag form, whose mistakes are one-line :class:`ConfigError`\\ s."""
 
     def __init__(self, usage: str, **kwargs):
@@ -144,9 +144,9 @@ def parse_keys_and_flags(
     return cfg
 
 
-def _flag_parser() -> _FlagParser:
+def _flag_parser() -> FlagParser:
     """The older form: ``IN OUT [--safetensors] [--no-strict]``."""
-    p = _FlagParser(USAGE, prog=PROG)
+    p = FlagParser(USAGE, prog=PROG)
     p.add_argument("source", nargs="?")
     p.add_argument("output", nargs="?")
     p.add_argument("--safetensors", action="store_const", const=True)
@@ -289,9 +289,8 @@ def run(cfg: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point (``face-segmentation-convert``); returns the exit status (:data:`EXIT_STATUSES`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run_command(
-        argv, help_text, lambda: run(parse_args(argv)), "face_segmentation_pytorch.convert: interrupted; nothing was written"
-    )
+    interrupted = "face_segmentation_pytorch.convert: interrupted (no partly written file is left)"
+    return run_command(argv, help_text, lambda: run(parse_args(argv)), interrupted)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ EXIT_STATUSES = {
     1: "CHECK=true found the graph disagreeing with PyTorch beyond 1e-4 (OUT is kept for inspection)",
     2: _COMMON_STATUSES[2],
     3: _COMMON_STATUSES[3],
-    130: "interrupted (Ctrl-C); nothing was written",
+    130: "interrupted (Ctrl-C); no partly written file is left",
 }
 
 
@@ -200,9 +200,9 @@ def help_text() -> str:
 
 def _flag_parser():
     """The older form: ``OUT [--params-dir DIR] [--weights NAME] [--opset N] [--check]``."""
-    from .convert import _FlagParser
+    from .convert import FlagParser
 
-    p = _FlagParser(USAGE, prog=PROG)
+    p = FlagParser(USAGE, prog=PROG)
     p.add_argument("output", nargs="?")
     p.add_argument("--params-dir")
     p.add_argument("--weights")
@@ -254,17 +254,21 @@ def _load_weights(cfg: dict):
     Raises:
         WeightsError: The weights cannot be found, downloaded, read or verified (exit status 3).
     """
-    from .pipeline.weights import (
-        find_or_download_state_dict,
-        get_weights,
-        load_state_dict_file,
-    )
+    from .pipeline.families import family_of_state_dict
+    from .pipeline.weights import DEFAULT_FOR_FAMILY, find_or_download_state_dict, get_weights, load_state_dict_file
 
     entry = get_weights(cfg["WEIGHTS"])
     if cfg["WEIGHTS_FILE"] is not None:
         # Your own weights (e.g. a training run's best.pt) with this entry's architecture.
         path = Path(cfg["WEIGHTS_FILE"])
-        return load_state_dict_file(path, entry.family), entry, path
+        state = load_state_dict_file(path)  # checked against the family its names say
+        family = family_of_state_dict(state, str(path)).name
+        if family != entry.family:  # a sound file with the wrong WEIGHTS: a mistake in the command
+            raise ConfigError(
+                f"WEIGHTS_FILE={cfg['WEIGHTS_FILE']} holds {family} weights, but WEIGHTS={entry.name} is "
+                f"{entry.family}; add WEIGHTS={DEFAULT_FOR_FAMILY[family]}"
+            )
+        return state, entry, path
     state, path = find_or_download_state_dict(
         cfg["MODEL_PARAMS_DIR"], weights=entry, url=cfg["WEIGHTS_URL"], sha256=cfg["WEIGHTS_SHA256"]
     )
@@ -290,9 +294,8 @@ def run(cfg: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point (``face-segmentation-export``); returns the exit status (:data:`EXIT_STATUSES`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run_command(
-        argv, help_text, lambda: run(parse_args(argv)), "face_segmentation_pytorch.export: interrupted; nothing was written"
-    )
+    interrupted = "face_segmentation_pytorch.export: interrupted (no partly written file is left)"
+    return run_command(argv, help_text, lambda: run(parse_args(argv)), interrupted)
 
 
 if __name__ == "__main__":

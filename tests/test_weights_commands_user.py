@@ -227,6 +227,14 @@ def test_export_refuses_an_output_that_is_not_onnx_and_a_missing_weights_file(tm
     proc = in_process(export_main, ["OUT=model.onnx", "WEIGHTS_FILE=nothere.pt"], tmp_path, capsys, monkeypatch)
     assert proc.returncode == 2
     assert error_line(proc).startswith("error: WEIGHTS_FILE=nothere.pt: no such file")
+    torch.save(random_state(seed=2), tmp_path / "linknet.pt")
+    before = files_in(tmp_path)
+    proc = in_process(export_main, ["OUT=model.onnx", "WEIGHTS_FILE=linknet.pt"], tmp_path, capsys, monkeypatch)
+    assert proc.returncode == 2
+    assert error_line(proc) == (
+        "error: WEIGHTS_FILE=linknet.pt holds linknet34 weights, but WEIGHTS=fcn8s_500 is fcn8s; "
+        "add WEIGHTS=linknet34_oneflow"
+    )
     assert files_in(tmp_path) == before
 
 
