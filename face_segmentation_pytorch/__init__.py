@@ -39,16 +39,16 @@ from .errors import (
     ImageReadError,
     WeightsError,
 )
-from .pipeline.imageio import load_image
-from .pipeline.inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
+from .files.imageio import load_image
+from .segmentation.inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
 from .formats.oneflow import load_oneflow_checkpoint
 from .models.fcn8s import BGR_MEAN, FaceSegmentationNet, scores_to_mask, scores_to_pmap
 from .models.linknet import LinkNet34
-from .pipeline.families import FAMILIES, Preprocessing
-from .pipeline.postprocess import dilate, feather, fill_holes, full_postprocess, largest_component, smooth
-from .pipeline.preprocess import image_to_input, resize_pmap
-from .pipeline.render import cutout, gallery, overlay
-from .pipeline.segmenter import FaceSegmenter, Segmentation
+from .weights.families import FAMILIES, Preprocessing
+from .segmentation.postprocess import dilate, feather, fill_holes, full_postprocess, largest_component, smooth
+from .segmentation.preprocess import image_to_input, resize_pmap
+from .segmentation.render import cutout, gallery, overlay
+from .segmentation.segmenter import FaceSegmenter, Segmentation
 from .pipeline.video import segment_video
 from .pipeline.weights import (
     DEFAULT_WEIGHTS,

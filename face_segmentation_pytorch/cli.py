@@ -123,7 +123,7 @@ def parse_args(argv: list[str]) -> dict:
         need(cfg[name] == KEYS[name].default or cfg["ENGINE"] == "ray", name, "applies to ENGINE=ray only")
     need(cfg["HEATMAP_FORMAT"] in ("png8", "png16", "npy"), "HEATMAP_FORMAT", "expected png8, png16 or npy")
     if cfg["POSTPROCESS"] is not None:
-        from .pipeline.postprocess import parse_steps
+        from .segmentation.postprocess import parse_steps
 
         parse_steps(cfg["POSTPROCESS"])
         need(t is not None, "POSTPROCESS", "post-processing works on masks: add MASK_THRESHOLD=0.5")
@@ -157,12 +157,12 @@ def run(cfg: dict) -> int:
     Folders the run creates (``OUT_DIR``, the weights folder) are removed
     again if the run ends with nothing written in them.
     """
-    from .pipeline.atomic import remove_empty_dirs
+    from .files.atomic import remove_empty_dirs
 
     created: list[Path] = []
     try:
         if cfg.get("ENGINE") == "ray":
-            from .pipeline.ray_engine import run_ray
+            from .jobs.ray_engine import run_ray
 
             return run_ray(cfg, created)
         return run_local(cfg, created)

@@ -49,7 +49,7 @@ EXIT_STATUSES = {
 
 
 def _keys():
-    from .cli import KEYS as batch_keys
+    from .jobs.settings import KEYS as batch_keys
     from .keys import Key
 
     return {
@@ -161,7 +161,7 @@ def check_eval_config(cfg: dict) -> dict:
     Raises:
         ConfigError: One line naming the key and what is expected.
     """
-    from .cli import check_precision_keys
+    from .jobs.folder import check_precision_keys
     from .keys import is_int, is_number
 
     cfg = _from_run_dir(dict(cfg))
@@ -212,7 +212,7 @@ def check_eval_config(cfg: dict) -> dict:
     if cfg["WEIGHTS_FILE"] is not None and not Path(cfg["WEIGHTS_FILE"]).exists():
         raise ConfigError(f"WEIGHTS_FILE={cfg['WEIGHTS_FILE']}: no such file or folder")
     if cfg["POSTPROCESS"] is not None:
-        from .pipeline.postprocess import parse_steps
+        from .segmentation.postprocess import parse_steps
 
         parse_steps(cfg["POSTPROCESS"])
     return cfg
@@ -268,7 +268,7 @@ def _from_run_dir(cfg: dict) -> dict:
 
 def run(cfg: dict) -> int:
     """Run one checked evaluation; returns the exit status."""
-    from .pipeline.atomic import save_atomic
+    from .files.atomic import save_atomic
     from .training.evaluation import dumps, evaluate_data_dir, evaluate_predictions, evaluate_segmenter, format_table
 
     if cfg["PRED_DIR"] is not None:
@@ -281,8 +281,8 @@ def run(cfg: dict) -> int:
         )
         source = f"predictions in {cfg['PRED_DIR']}"
     else:
-        from .cli import make_segmenter
-        from .pipeline.segmenter import resolve_device
+        from .jobs.folder import make_segmenter
+        from .segmentation.segmenter import resolve_device
         from .pipeline.weights import get_weights
 
         get_weights(cfg["WEIGHTS"])

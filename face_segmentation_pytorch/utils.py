@@ -33,7 +33,7 @@ from .formats.caffe import load_caffemodel_as_statedict as _load_caffemodel
 # The earlier port's package offered ``fsp.model`` as an attribute; importing it
 # here (utils is imported by the package) keeps that true.
 from .model import FaceSegmentationNet
-from .pipeline.plot import plt_debug
+from .segmentation.plot import plt_debug
 from .pipeline.weights import (
     DEFAULT_WEIGHTS,
     apply_state_dict,

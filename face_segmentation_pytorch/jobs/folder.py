@@ -40,7 +40,7 @@ def check_precision_keys(cfg: dict, need) -> None:
 def resolve_device(name: str | None):
     import torch
 
-    from ..pipeline.segmenter import resolve_device
+    from ..segmentation.segmenter import resolve_device
 
     try:
         device = resolve_device(name)
@@ -66,7 +66,7 @@ def collect_inputs(spec: str, recursive: bool) -> tuple[list[Path], Path, list[t
         that outputs under OUT_DIR mirror, and listed files that do not exist
         (each with a reason).
     """
-    from ..pipeline.imageio import OUTPUT_SUFFIXES, find_images, image_extensions
+    from ..files.imageio import OUTPUT_SUFFIXES, find_images, image_extensions
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -162,9 +162,9 @@ def write_outputs(seg, stem: Path, kinds: list[str], per_face: bool = False) -> 
 
     import numpy as np
 
-    from ..pipeline.atomic import save_atomic
-    from ..pipeline.imageio import save_npy_atomic, save_png_atomic
-    from ..pipeline.render import cutout, heatmap_to_png_array, overlay
+    from ..files.atomic import save_atomic
+    from ..files.imageio import save_npy_atomic, save_png_atomic
+    from ..segmentation.render import cutout, heatmap_to_png_array, overlay
 
     shown = seg.alpha if seg.alpha is not None else seg.mask if seg.mask is not None else seg.pmap
     for kind in kinds:
@@ -200,7 +200,7 @@ def first_line(e: BaseException) -> str:
 
 def check_writable(folder: Path, key: str) -> list[Path]:
     """Create ``folder`` if needed and check it is writable; returns the folders created."""
-    from ..pipeline.atomic import ensure_writable_dir
+    from ..files.atomic import ensure_writable_dir
 
     try:
         return ensure_writable_dir(folder)
@@ -227,7 +227,7 @@ def make_segmenter(cfg, device, *, progress: bool, **override):
             input size, precision), naming the key.
         WeightsError: The weights cannot be found, downloaded or verified.
     """
-    from ..pipeline.segmenter import FaceSegmenter
+    from ..segmentation.segmenter import FaceSegmenter
 
     kwargs = {kw: cfg[key] for kw, key in SEGMENTER_KEYS.items() if key in cfg}
     kwargs.update(override)
@@ -297,7 +297,7 @@ def plan_run(cfg: dict, out_dir: Path | None, created: list[Path]) -> Plan:
     )
     user_boxes = None
     if cfg["BOXES"] is not None:
-        from ..pipeline.crop import load_boxes_file
+        from ..segmentation.crop import load_boxes_file
 
         boxes_path = Path(cfg["BOXES"]).expanduser()
         table = load_boxes_file(boxes_path)
@@ -323,7 +323,7 @@ def report_unused_boxes(boxes_path: Path, table: dict, images: list[Path], root:
                 f"{root}; its boxes are ignored",
                 file=sys.stderr,
             )
-    from ..pipeline.imageio import header_size
+    from ..files.imageio import header_size
 
     for path, boxes in zip(images, user_boxes):
         if not boxes:
@@ -414,7 +414,7 @@ def record_settings(plan: Plan) -> None:
     """Record the run's output settings beside its outputs, per kind (once the run starts writing)."""
     import json
 
-    from ..pipeline.atomic import save_atomic
+    from ..files.atomic import save_atomic
 
     if plan.settings_path is None or plan.settings is None:
         return
@@ -458,7 +458,7 @@ def gallery_row(path: Path, seg):
     import numpy as np
     from PIL import Image
 
-    from ..pipeline.render import heatmap_to_png_array, overlay
+    from ..segmentation.render import heatmap_to_png_array, overlay
 
     shown = seg.alpha if seg.alpha is not None else seg.mask if seg.mask is not None else seg.pmap
     thumb = seg.image.copy()
@@ -468,7 +468,7 @@ def gallery_row(path: Path, seg):
 
 
 def write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) -> Path | None:
-    from ..pipeline.atomic import save_atomic
+    from ..files.atomic import save_atomic
 
     setting = cfg["FAILURE_LOG"]
     if setting is None:

@@ -34,9 +34,9 @@ __all__ = ["run_local"]
 
 
 def run_local(cfg: dict, created: list[Path]) -> int:
-    from ..pipeline.atomic import save_atomic
-    from ..pipeline.progress import progress_bar
-    from ..pipeline.workers import (
+    from ..files.atomic import save_atomic
+    from ..files.progress import progress_bar
+    from .workers import (
         BrokenProcessPool,
         Job,
         ProcessWorkers,
@@ -267,7 +267,7 @@ def run_local(cfg: dict, created: list[Path]) -> int:
     elapsed = time.perf_counter() - start
 
     if gallery_rows:
-        from ..pipeline.render import gallery
+        from ..segmentation.render import gallery
 
         try:
             pic = gallery(gallery_rows, headers=("image", "overlay", "mask" if cfg["MASK_THRESHOLD"] else "heatmap"))

@@ -351,7 +351,7 @@ class FaceSegmentationNet(nn.Module):
         Returns:
             ``(3, H, W)`` float32 tensor; add a batch axis with ``unsqueeze(0)``.
         """
-        from ..pipeline.preprocess import image_to_input
+        from ..segmentation.preprocess import image_to_input
 
         size = self.input_size if resize is True else (resize or None)
         return image_to_input(img, size=size, mean_bgr=self.mean_bgr, pre_normalize=pre_normalize)

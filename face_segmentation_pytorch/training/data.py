@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..pipeline.families import Preprocessing
-from ..pipeline.imageio import header_size
+from ..weights.families import Preprocessing
+from ..files.imageio import header_size
 
 __all__ = [
     "DataError",
@@ -83,7 +83,7 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ImageReadError: The file cannot be read or decoded.
     """
-    from ..pipeline.masks import read_mask
+    from ..files.masks import read_mask
 
     return read_mask(path).mask
 
@@ -116,7 +116,7 @@ class FolderSource(Source):
         return len(self.pairs)
 
     def load(self, i):
-        from ..pipeline.imageio import load_image
+        from ..files.imageio import load_image
 
         _, img_path, mask_path = self.pairs[i]
         return np.asarray(load_image(img_path)), load_mask(mask_path)
@@ -297,7 +297,7 @@ def _array_source(
 
 def _folder_pairs(folder: Path, problems: list[str], notes: list[str], rel: Path) -> list[tuple[str, Path, Path]]:
     """Pair ``folder/images/*`` with ``folder/masks/<stem>.*`` by stem."""
-    from ..pipeline.imageio import find_images
+    from ..files.imageio import find_images
 
     images, _ = find_images(folder / "images")
     masks, _ = find_images(folder / "masks")
@@ -344,8 +344,8 @@ def _check_pairs(
 ) -> list[str]:
     """Read every pair (headers, or whole files with ``full``); return the problems."""
     from ..errors import ImageReadError
-    from ..pipeline.imageio import load_image
-    from ..pipeline.progress import progress_bar
+    from ..files.imageio import load_image
+    from ..files.progress import progress_bar
 
     def rel(p: Path) -> str:
         try:
@@ -635,7 +635,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int):
-        from ..pipeline.preprocess import RESAMPLERS
+        from ..segmentation.preprocess import RESAMPLERS
 
         img, mask = self.source.load(i)
         if self.preprocessing.swap_input_channels:
@@ -718,8 +718,8 @@ def make_synthetic_dataset(
     Returns:
         ``folder``.
     """
-    from ..pipeline.atomic import save_atomic
-    from ..pipeline.imageio import save_png_atomic
+    from ..files.atomic import save_atomic
+    from ..files.imageio import save_png_atomic
 
     if layout not in ("folders", "numpy"):
         raise ValueError(f"layout must be 'folders' or 'numpy', got {layout!r}")

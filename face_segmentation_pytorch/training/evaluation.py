@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pipeline.masks import MaskFile
+from ..files.masks import MaskFile
 from .metrics import SegmentationScores
 
 __all__ = [
@@ -116,7 +116,7 @@ def find_masks(folder: Path, recursive: bool) -> dict[str, Path]:
         ConfigError: Two masks share a key (``a.png`` and ``a.jpg``).
     """
     from ..errors import ConfigError
-    from ..pipeline.imageio import find_images
+    from ..files.imageio import find_images
 
     files, _ = find_images(folder, recursive=recursive)
     out: dict[str, Path] = {}
@@ -149,7 +149,7 @@ def _split_prediction_name(rel: Path, image_exts: frozenset[str]) -> tuple[str, 
 
 def index_predictions(folder: Path, recursive: bool) -> dict[str, list[tuple[int, str, Path]]]:
     """Prediction files by key: ``[(preference rank, kind, path), ...]``, best first."""
-    from ..pipeline.imageio import image_extensions
+    from ..files.imageio import image_extensions
 
     exts = image_extensions()
     walker = folder.rglob("*") if recursive else folder.iterdir()
@@ -187,7 +187,7 @@ def read_prediction_file(path: Path, kind: str, threshold: float) -> MaskFile:
     from PIL import Image, UnidentifiedImageError
 
     from ..errors import ImageReadError
-    from ..pipeline.masks import read_mask
+    from ..files.masks import read_mask
 
     if kind not in ("__heatmap.npy", "__heatmap.png", "__heatmap16.png"):
         return read_mask(path)
@@ -213,7 +213,7 @@ def read_prediction_file(path: Path, kind: str, threshold: float) -> MaskFile:
 
 
 def _read_gt(path: Path) -> MaskFile:
-    from ..pipeline.masks import read_mask
+    from ..files.masks import read_mask
 
     return read_mask(path)
 
@@ -255,7 +255,7 @@ def evaluate_predictions(
         ConfigError: A folder is missing or ``gt_dir`` holds no masks.
     """
     from ..errors import ConfigError, ImageReadError
-    from ..pipeline.progress import progress_bar
+    from ..files.progress import progress_bar
 
     pred_dir, gt_dir = Path(pred_dir).expanduser(), Path(gt_dir).expanduser()
     for key, folder in (("PRED_DIR", pred_dir), ("GT_DIR", gt_dir)):
@@ -340,8 +340,8 @@ def evaluate_segmenter(
         ConfigError: A folder is missing or empty, or the segmenter has no threshold.
     """
     from ..errors import ConfigError, ImageReadError
-    from ..pipeline.imageio import find_images, load_image
-    from ..pipeline.progress import progress_bar
+    from ..files.imageio import find_images, load_image
+    from ..files.progress import progress_bar
 
     if segmenter.threshold is None:
         raise ConfigError("the segmenter needs a threshold to make masks (threshold=0.5)")
@@ -433,7 +433,7 @@ def evaluate_data_dir(
         DataError: The data has problems (all listed).
     """
     from ..errors import ConfigError
-    from ..pipeline.progress import progress_bar
+    from ..files.progress import progress_bar
     from .data import discover
 
     if segmenter.threshold is None:

@@ -403,7 +403,7 @@ def _download_imagenet(url: str, folder: Path, progress: bool) -> tuple[Path, di
         WeightsError: The file is not torchvision resnet34 weights.
     """
     from ..errors import DownloadError, WeightsSettingError
-    from ..pipeline.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists
+    from ..files.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists
     from ..pipeline.download import download_url_to_file, shown_folder
 
     name = _url_file_name(url)
@@ -742,13 +742,13 @@ def _set_rng_state(state: Mapping, device: torch.device) -> None:
 
 
 def _save_torch(path: Path, obj) -> None:
-    from ..pipeline.atomic import save_atomic
+    from ..files.atomic import save_atomic
 
     save_atomic(path, lambda f: torch.save(obj, f))
 
 
 def _save_text(path: Path, text: str) -> None:
-    from ..pipeline.atomic import save_atomic
+    from ..files.atomic import save_atomic
 
     data = text.encode("utf-8")
     save_atomic(path, lambda f: f.write(data))
@@ -1010,7 +1010,7 @@ class Trainer:
         return f"custom {type(m).__name__ if isinstance(m, nn.Module) else getattr(m, '__name__', type(m).__name__)}"
 
     def _resolve_device(self) -> torch.device:
-        from ..pipeline.segmenter import resolve_device
+        from ..segmentation.segmenter import resolve_device
 
         name = self.cfg["DEVICE"]
         try:
@@ -1066,7 +1066,7 @@ class Trainer:
 
     def _create_out_dir(self) -> list[Path]:
         """Create OUT_DIR (clearing an earlier run for OVERWRITE); return the folders created."""
-        from ..pipeline.atomic import ensure_writable_dir
+        from ..files.atomic import ensure_writable_dir
 
         try:
             created = ensure_writable_dir(self.out_dir)
@@ -1104,7 +1104,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         """Everything that can be refused is checked before OUT_DIR is made; a
         failure after that takes away the folders this run made if they are empty."""
-        from ..pipeline.atomic import remove_empty_dirs
+        from ..files.atomic import remove_empty_dirs
         from ..pipeline.weights import get_weights
 
         cfg = self.cfg
@@ -1263,7 +1263,7 @@ class Trainer:
         self, st: _RunState, train_ds, val_ds, epoch: int, start_iter: int, partial: dict, stop: _StopFlag
     ) -> bool:
         """Train (from batch ``start_iter``) and validate one epoch; save. False when stopped."""
-        from ..pipeline.progress import progress_bar
+        from ..files.progress import progress_bar
 
         cfg = self.cfg
         bs, iters = cfg["BATCH_SIZE"], st.iters
@@ -1367,7 +1367,7 @@ class Trainer:
     @torch.no_grad()
     def _validate(self, st: _RunState, val_ds, stop: _StopFlag) -> dict | None:
         """Validation loss and IoU at the training size; ``None`` if stopped."""
-        from ..pipeline.progress import progress_bar
+        from ..files.progress import progress_bar
         from .metrics import SegmentationScores
 
         if val_ds is None:
