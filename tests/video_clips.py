@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -280,15 +281,49 @@ def write_linknet_weights(folder: Path, seed: int = 0, *, blank: bool = False) -
     return folder
 
 
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """``http.server``'s file handler with byte ranges (``206 Partial Content``), as
+    web servers answer: without them a browser takes a video as unseekable."""
+
+    def end_headers(self) -> None:
+        self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        path = Path(self.translate_path(self.path))
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
+        if m is None or not path.is_file() or not (m.group(1) or m.group(2)):
+            super().do_GET()
+            return
+        data = path.read_bytes()
+        size = len(data)
+        if m.group(1):
+            start, end = int(m.group(1)), int(m.group(2)) if m.group(2) else size - 1
+        else:
+            start, end = max(0, size - int(m.group(2))), size - 1
+        end = min(end, size - 1)
+        if start >= size or start > end:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.end_headers()
+            return
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        self.wfile.write(data[start:end + 1])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 class FolderServer:
-    """``http.server`` on 127.0.0.1 serving a folder, in a thread (real HTTP for the browser)."""
+    """A web server on 127.0.0.1 serving a folder (byte ranges included), in a thread:
+    real HTTP for the browser."""
 
     def __init__(self, folder: Path) -> None:
-        class Quiet(SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_RangeHandler, directory=str(folder)))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
