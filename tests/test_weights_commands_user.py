@@ -172,6 +172,21 @@ def test_offline_linknet_error_gives_a_convert_command_that_works(tmp_path, phot
     assert "linknet_oneflow_model.pt" in proc.stderr and (tmp_path / "out" / "a__heatmap.png").is_file()
 
 
+def test_any_download_names_its_file_and_folder_by_default(tmp_path, down_url):
+    """What training's INIT=imagenet download (torchvision's resnet34 file) says when offline."""
+    from face_segmentation_pytorch import DownloadError
+    from face_segmentation_pytorch.pipeline.download import download_url_to_file
+
+    with pytest.raises(DownloadError) as e:
+        download_url_to_file(down_url, tmp_path / "weights" / "resnet34-b627a593.pth", progress=False)
+    assert str(e.value).startswith(f"download of {down_url} failed: ")
+    assert str(e.value).endswith(
+        f"; check the URL and your connection, or download the file from {down_url} yourself and put it in "
+        f"{tmp_path / 'weights'}/ as resnet34-b627a593.pth"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------
 # Item 10: convert refuses what it cannot write; export runs a weights file of your own.
 
