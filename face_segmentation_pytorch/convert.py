@@ -95,6 +95,8 @@ def help_text() -> str:
     )
 
 
+# export.py holds a copy of FlagParser and parse_keys_and_flags (a command may not import another);
+# both belong in keys.py.
 class FlagParser(argparse.ArgumentParser):
     """argparse for a command's older flag form, whose mistakes are one-line :class:`ConfigError`\\ s."""
 

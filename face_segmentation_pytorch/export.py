@@ -16,9 +16,11 @@ Needs the ``[onnx]`` extra: onnx, onnxscript (the exporter), onnxruntime (the ch
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -198,11 +200,50 @@ def help_text() -> str:
     )
 
 
+# The older flag form beside KEY=VALUE. A copy of convert.py's FlagParser and
+# parse_keys_and_flags: a command may not import another command (tests/test_import_graph.py);
+# both belong in keys.py, the parsing every command shares.
+_KEY_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+class _FlagParser(argparse.ArgumentParser):
+    """argparse for the older flag form, whose mistakes are one-line :class:`ConfigError`\\ s."""
+
+    def __init__(self, usage: str, **kwargs):
+        super().__init__(add_help=False, **kwargs)
+        self._usage_line = usage
+
+    def error(self, message: str):  # argparse would print its usage and exit
+        raise ConfigError(f"{message}; {self._usage_line}")
+
+
+def _parse_keys_and_flags(argv, keys, string_keys, usage, flags, flag_keys) -> dict:
+    """``KEY=VALUE`` arguments and the older form in any mix (see ``convert.parse_keys_and_flags``).
+
+    Raises:
+        ConfigError: A malformed or unknown argument, or one setting given both ways.
+    """
+    from .keys import parse_dotlist
+
+    keyed = [a for a in argv if _KEY_ARG.match(a)]
+    cfg = parse_dotlist(keyed, keys, string_keys, usage)
+    rest = [a for a in argv if not _KEY_ARG.match(a)]
+    if not rest:
+        return cfg
+    given = {a.split("=", 1)[0] for a in keyed}
+    parsed = vars(flags.parse_args(rest))
+    for dest, key in flag_keys.items():
+        if parsed.get(dest) is None:
+            continue
+        if key in given:
+            raise ConfigError(f"{key} is given twice (as {key}= and in the older form); give it once")
+        cfg[key] = parsed[dest]
+    return cfg
+
+
 def _flag_parser():
     """The older form: ``OUT [--params-dir DIR] [--weights NAME] [--opset N] [--check]``."""
-    from .convert import FlagParser
-
-    p = FlagParser(USAGE, prog=PROG)
+    p = _FlagParser(USAGE, prog=PROG)
     p.add_argument("output", nargs="?")
     p.add_argument("--params-dir")
     p.add_argument("--weights")
@@ -218,10 +259,9 @@ def parse_args(argv) -> dict:
         ConfigError: A missing, unknown or invalid key (a WEIGHTS_FILE that does not exist, an OUT
             that is not ``.onnx``).
     """
-    from .convert import parse_keys_and_flags
     from .keys import is_int
 
-    cfg = parse_keys_and_flags(
+    cfg = _parse_keys_and_flags(
         argv, KEYS, _STRING_KEYS, USAGE, _flag_parser(),
         {"output": "OUT", "params_dir": "MODEL_PARAMS_DIR", "weights": "WEIGHTS", "opset": "OPSET", "check": "CHECK"},
     )
