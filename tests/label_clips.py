@@ -24,7 +24,10 @@ import numpy as np
 __all__ = [
     "SIZE",
     "LabelProcess",
+    "Page",
     "decode_video",
+    "distance_to_path",
+    "geometry",
     "mask_png",
     "random_linknet",
     "scene",
@@ -38,6 +41,16 @@ SIZE = 64
 SKIN = np.array([215.0, 170.0, 140.0])
 
 
+def geometry(i: int, n: int, size: int = SIZE) -> tuple[float, float, float, float, float]:
+    """Frame ``i`` of ``n``: the face's centre ``(cx, cy)`` and half-axes ``(ax, ay)``, the hand's left edge.
+
+    The hand spans ``left <= x < left + 18`` and ``y >= cy - 3`` (to the bottom)."""
+    t = i / max(n - 1, 1)
+    cx = size * (0.5 + 0.08 * np.sin(2 * np.pi * t))
+    cy = size * (0.45 + 0.05 * np.cos(2 * np.pi * t))
+    return cx, cy, size * 15 / 64, size * 20 / 64, 6 + (size - 30) * t
+
+
 def scene(n: int, *, size: int = SIZE, seed: int = 0, hand: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(frames (n, H, W, 3) uint8 RGB, face masks (n, H, W) bool, hand masks (n, H, W) bool)``."""
     rng = np.random.default_rng(seed)
@@ -49,10 +62,8 @@ def scene(n: int, *, size: int = SIZE, seed: int = 0, hand: bool = True) -> tupl
     faces = np.zeros((n, size, size), bool)
     hands = np.zeros((n, size, size), bool)
     for i in range(n):
-        t = i / max(n - 1, 1)
-        cx = size * (0.5 + 0.08 * np.sin(2 * np.pi * t))
-        cy = size * (0.45 + 0.05 * np.cos(2 * np.pi * t))
-        face = ((xx - cx) / (size * 15 / 64)) ** 2 + ((yy - cy) / (size * 20 / 64)) ** 2 <= 1
+        cx, cy, ax, ay, left = geometry(i, n, size)
+        face = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1
         img = background.copy()
         img[face] = SKIN
         for ex in (-6, 6):
@@ -60,7 +71,6 @@ def scene(n: int, *, size: int = SIZE, seed: int = 0, hand: bool = True) -> tupl
         img[((xx - cx) / 6) ** 2 + ((yy - cy - 9) / 2) ** 2 <= 1] = (120, 40, 40)
         h = np.zeros_like(face)
         if hand:
-            left = 6 + (size - 30) * t
             h = (xx >= left) & (xx < left + 18) & (yy >= cy - 3)
             fingers = np.floor(yy / 2) % 2 == 0
             img[h & fingers] = SKIN
@@ -113,15 +123,23 @@ def mask_png(mask: np.ndarray, mode: str = "L") -> bytes:
 
 
 def random_linknet(path: Path, seed: int = 0) -> Path:
-    """A LinkNet34 weights file with random weights whose probabilities spread over (0, 1)."""
+    """A LinkNet34 weights file with random weights whose probabilities spread over (0, 1):
+    on a clip frame, the logits' median is 0 and their spread (std) 2."""
     import torch
 
-    from face_segmentation_pytorch import LinkNet34
+    import face_segmentation_pytorch as fsp
 
     torch.manual_seed(seed)
-    model = LinkNet34()
-    with torch.no_grad():
-        model.finalconv3.weight.mul_(40.0)
+    model = fsp.LinkNet34()
+    torch.save(model.state_dict(), path)
+    seg = fsp.FaceSegmenter("linknet34_oneflow", weights_file=path, input_size=SIZE, threshold=None, device="cpu",
+                            progress=False)
+    p = np.clip(seg.segment(scene(1, seed=seed)[0][0]).pmap.astype(np.float64), 1e-6, 1 - 1e-6)
+    logits = np.log(p / (1 - p))
+    scale, centre = 2.0 / max(float(logits.std()), 1e-6), float(np.median(logits))
+    with torch.no_grad():  # logit' = scale * (logit - centre): the last layer is linear
+        model.finalconv3.weight.mul_(scale)
+        model.finalconv3.bias.sub_(centre).mul_(scale)
     torch.save(model.state_dict(), path)
     return path
 
@@ -224,3 +242,104 @@ class LabelProcess:
             self.proc.kill()
             _, err = self.proc.communicate()
         return self.proc.returncode, err
+
+
+class Page:
+    """The page in the browser, with what a user does to it."""
+
+    def __init__(self, driver, url: str) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.d = driver
+        self.wait = WebDriverWait(driver, 60)
+        driver.get(url)
+        self.wait.until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+
+    def text(self, element_id: str) -> str:
+        return self.d.find_element("id", element_id).text
+
+    def keys(self, *keys: str) -> None:
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(self.d).send_keys(*keys).perform()
+
+    def chord(self, *modifiers_and_key: str) -> None:
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        *mods, key = modifiers_and_key
+        chain = ActionChains(self.d)
+        for m in mods:
+            chain.key_down(m)
+        chain.send_keys(key)
+        for m in reversed(mods):
+            chain.key_up(m)
+        chain.perform()
+
+    def click(self, element_id: str) -> None:
+        self.d.find_element("id", element_id).click()
+
+    def go_to(self, frame: int) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        box = self.d.find_element("id", "frame-number")
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(frame), Keys.ENTER)
+        self.wait.until(lambda d: self.text("frame-info").startswith(f"frame {frame} of"))
+        self.d.find_element("css selector", "header h1").click()  # focus back on the page, off the box
+
+    def rect(self) -> tuple[float, float, float, float]:
+        return tuple(self.d.execute_script(
+            "const r = document.getElementById('mask-canvas').getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height];"
+        ))
+
+    def drag(self, points: list[tuple[float, float]], size: tuple[int, int]) -> list[tuple[float, float]]:
+        """Press, move through ``points`` (image pixels), release; returns the points as the page
+        receives them (the mouse moves in whole screen pixels)."""
+        from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+        h, w = size
+        left, top, width, height = self.rect()
+        screen = [(round(left + x * width / w), round(top + y * height / h)) for x, y in points]
+        actions = ActionBuilder(self.d, duration=20)
+        actions.pointer_action.move_to_location(*screen[0])
+        actions.pointer_action.pointer_down()
+        for sx, sy in screen[1:]:
+            actions.pointer_action.move_to_location(sx, sy)
+        actions.pointer_action.pointer_up()
+        actions.perform()
+        return [((sx - left) * w / width, (sy - top) * h / height) for sx, sy in screen]
+
+    def click_at(self, point: tuple[float, float], size: tuple[int, int]) -> None:
+        self.drag([point], size)
+
+    def save(self) -> None:
+        before = int(self.d.execute_script("return parseInt(document.body.dataset.saves || '0', 10)"))
+        self.click("save")
+        self.wait.until(lambda d: int(d.execute_script("return parseInt(document.body.dataset.saves || '0', 10)"))
+                        == before + 1)
+
+    def shown_mask(self) -> np.ndarray:
+        """What the page draws as mask now: the overlay canvas's non-transparent pixels."""
+        w, h, alpha = self.d.execute_script(
+            "const c = document.getElementById('mask-canvas');"
+            "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "const a = []; for (let i = 3; i < d.length; i += 4) a.push(d[i] > 0 ? 1 : 0);"
+            "return [c.width, c.height, a];"
+        )
+        return np.array(alpha, bool).reshape(h, w)
+
+
+def distance_to_path(points: list[tuple[float, float]], size: tuple[int, int]) -> np.ndarray:
+    """Each pixel centre's distance to the polyline through ``points``."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    best = np.full((h, w), np.inf)
+    segments = list(zip(points[:-1], points[1:])) or [(points[0], points[0])]
+    for (ax, ay), (bx, by) in segments:
+        dx, dy = bx - ax, by - ay
+        len2 = dx * dx + dy * dy
+        t = np.zeros_like(xx) if len2 == 0 else np.clip(((xx - ax) * dx + (yy - ay) * dy) / len2, 0, 1)
+        best = np.minimum(best, np.hypot(ax + t * dx - xx, ay + t * dy - yy))
+    return best

@@ -390,7 +390,7 @@ def test_ctrl_c_stops_the_fine_tune_with_last_pt_saved_and_train_resumes_it(tmp_
             "BATCH_SIZE=2", "THREADS=1", "OPTIMIZER=adamw", "LR=0.001")
     server = LabelProcess(*args)
     try:
-        frames, faces, hands = scene(N, seed=1)
+        _, faces, hands = scene(N, seed=1)
         for f in (3, 20):
             assert server.request("POST", f"/api/label/{f}", mask_png(faces[f] & ~hands[f]))[0] == 200
         status, job = server.json("POST", "/api/train", {"epochs": 1000, "from": "start"})

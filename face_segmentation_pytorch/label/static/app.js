@@ -490,9 +490,6 @@
   $("zoom-out").addEventListener("click", () => zoomBy(0.8));
   $("zoom-fit").addEventListener("click", () => { S.fit = true; applyZoom(); });
   window.addEventListener("resize", () => { if (S.fit) applyZoom(); });
-  for (const el of document.querySelectorAll("input[type=range]")) {
-    el.addEventListener("change", () => el.blur()); // give the keys back to the page
-  }
 
   $("prev").addEventListener("click", () => goTo(S.frame - 1));
   $("next").addEventListener("click", () => goTo(S.frame + 1));
@@ -524,7 +521,10 @@
   document.addEventListener("keydown", (e) => {
     const t = e.target;
     const tag = (t && t.tagName || "").toLowerCase();
-    if (tag === "input" || tag === "select" || tag === "textarea") return;
+    // A slider keeps the keys that move it; every other key is still a shortcut.
+    const slider = tag === "input" && t.type === "range";
+    if (slider && ["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"].includes(e.key)) return;
+    if ((tag === "input" && !slider) || tag === "select" || tag === "textarea") return;
     const k = e.key;
     const ctrl = e.ctrlKey || e.metaKey;
     if (ctrl && (k === "z" || k === "Z")) { e.preventDefault(); if (e.shiftKey) redo(); else undo(); return; }
