@@ -269,7 +269,7 @@ def test_frames_are_served_as_decoded_in_any_order(server, decoded):
     assert status == 404 and json.loads(data)["error"] == f"no frame {N}: the source has {N} frames (0..{N - 1})"
 
 
-def test_the_reader_finds_frames_of_b_frame_video_and_image_sequences(tmp_path):
+def test_the_reader_finds_frames_of_b_frame_and_rotated_video_and_image_sequences(tmp_path):
     import av
 
     from face_segmentation_pytorch.errors import ConfigError
@@ -293,14 +293,31 @@ def test_the_reader_finds_frames_of_b_frame_video_and_image_sequences(tmp_path):
     order = [13, 2, 3, 4, 23, 0, 12, 7, 7, 22, 1]
     for i in order:
         assert np.array_equal(source.get(i), expected[i]), i
-    # An image sequence: a folder or a glob, in name order.
+    # A phone's clip: stored on its side with a display rotation; frames come upright, as players show them.
+    rotated = tmp_path / "portrait.mp4"
+    with av.open(str(rotated), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height = 48, 64  # stored 48x64, shown 64x48
+        s.pix_fmt = "yuv444p"
+        s.options = {"crf": "0"}
+        s.set_display_rotation(90)  # counter-clockwise, FFmpeg's sign
+        for f in frames[:4, :48]:
+            stored = np.ascontiguousarray(np.rot90(f, -1))
+            for packet in s.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    upright = open_frames(str(rotated))
+    for i in (3, 0, 1):
+        assert np.abs(upright.get(i).astype(int) - frames[i, :48]).max() <= 2, i
+    # An image sequence: a folder or a glob, in natural order (9 before 10, as the video command reads it).
     folder = tmp_path / "frames"
     folder.mkdir()
-    for k in (3, 1, 2):
-        Image.fromarray(frames[k]).save(folder / f"f{k:02d}.png")
+    for k in (10, 2, 9):
+        Image.fromarray(frames[k]).save(folder / f"f{k}.png")
     for src in (str(folder), str(folder / "f*.png")):
         seq = open_frames(src)
-        assert seq.count == 3 and all(np.array_equal(seq.get(j), frames[j + 1]) for j in range(3))
+        assert seq.count == 3 and all(np.array_equal(seq.get(j), frames[k]) for j, k in enumerate((2, 9, 10)))
     assert open_frames(str(folder)).video_source_argument() == str(folder / "*.png")
     Image.fromarray(frames[0]).save(folder / "f00.jpg")
     with pytest.raises(ConfigError, match=r"mixes \.jpg, \.png images; give a glob"):

@@ -1,9 +1,12 @@
 """The frames of a labelling project's source, by index: a video (PyAV) or an image sequence.
 
 Frame ``i`` is the ``i``-th frame the video command decodes (presentation
-order), or the ``i``-th file of an image sequence in name order, so the masks
+order), as it shows it (the display rotation phones record applied, colours
+converted with the range the stream declares), or the ``i``-th file of an
+image sequence in natural order (``2.png`` before ``10.png``), so the masks
 ``python -m face_segmentation_pytorch.video MASKS_DIR=...`` writes
-(``000000.png``, ``000001.png``...) line up with the labels.
+(``000000.png``, ``000001.png``... for a video; the files' own names for an
+image sequence) line up with the labels.
 
 A video is indexed once by demuxing (packet timestamps, no decoding); a frame
 is then found by seeking to the keyframe before it and decoding forward, and
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -24,10 +28,26 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["IMAGE_SUFFIXES", "FrameError", "FrameSource", "ImageFrames", "VideoFrames", "open_frames"]
+__all__ = ["IMAGE_SUFFIXES", "FrameError", "FrameSource", "ImageFrames", "VideoFrames", "natural_key", "open_frames"]
 
 #: Files an image-sequence folder is made of.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def natural_key(path: str | os.PathLike) -> tuple:
+    """Runs of digits compare by value (``2.png`` before ``10.png``), text without case; the plain
+    text breaks ties. The video command orders image sequences the same way."""
+    text = os.fspath(path)
+    parts = re.split(r"(\d+)", text)
+    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), text
+
+
+def _to_rgb(frame) -> np.ndarray:
+    """A decoded PyAV frame as players show it: the stream's colour range, the display rotation."""
+    kwargs = {"src_color_range": frame.color_range} if frame.color_range in (1, 2) else {}
+    rgb = frame.to_ndarray(format="rgb24", **kwargs)
+    quarter_turns = round(int(frame.rotation or 0) / 90) % 4  # counter-clockwise, as FFmpeg states it
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
 class FrameError(Exception):
@@ -89,7 +109,7 @@ class FrameSource:
 
 
 class ImageFrames(FrameSource):
-    """Image files in name order (a folder's images, or a glob pattern's matches)."""
+    """Image files in natural order (a folder's images, or a glob pattern's matches)."""
 
     kind = "images"
 
@@ -177,7 +197,7 @@ class VideoFrames(FrameSource):
                     continue
                 if frame.pts == target:
                     self._next = i + 1
-                    return frame.to_ndarray(format="rgb24")
+                    return _to_rgb(frame)
                 break  # the seek landed after the frame: decode from the start
             if attempt == 0:
                 self._restart(None)
@@ -191,7 +211,7 @@ class VideoFrames(FrameSource):
             k = self._next
             self._next += 1
             if k == i:
-                return frame.to_ndarray(format="rgb24")
+                return _to_rgb(frame)
         raise StopIteration
 
     def close(self) -> None:
@@ -212,13 +232,15 @@ def open_frames(source: str) -> FrameSource:
     text = os.path.expanduser(str(source))
     if any(c in text for c in "*?["):
         pattern = os.path.abspath(text)
-        files = sorted(Path(p) for p in _glob.glob(pattern) if Path(p).is_file())
+        files = sorted((Path(p) for p in _glob.glob(pattern) if Path(p).is_file()), key=natural_key)
         if not files:
             raise ConfigError(f"SOURCE={source}: the pattern matches no files")
         return ImageFrames(files, pattern, pattern)
     path = Path(text).absolute()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key
+        )
         if not files:
             raise ConfigError(
                 f"SOURCE={source}: no images in the folder ({', '.join(IMAGE_SUFFIXES)}); give a video or a glob"
