@@ -22,12 +22,10 @@ read as weights (truncated, corrupt or foreign), as every command's
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import EXIT_STATUSES as _COMMON_STATUSES
@@ -38,7 +36,7 @@ from .errors import (
     WeightsError,
     run_command,
 )
-from .keys import Key, parse_dotlist
+from .keys import FlagParser, Key, parse_keys_and_flags
 
 __all__ = ["main", "parse_args", "save_state_dict", "is_oneflow_source", "parse_keys_and_flags", "KEYS"]
 
@@ -76,9 +74,6 @@ EXIT_STATUSES = {
 }
 
 # KEY=VALUE arguments: a bare name, then '='. Paths with '=' after a '/' stay positional.
-_KEY_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
-
-
 def help_text() -> str:
     """The ``--help`` text, in the style of every command's."""
     from .keys import help_text as keys_help_text
@@ -93,57 +88,6 @@ def help_text() -> str:
         f"{PROG} SOURCE=face_seg_fcn8s.caffemodel OUT=weights/face_seg_fcn8s.pt SAFETENSORS=true",
         EXIT_STATUSES,
     )
-
-
-# export.py holds a copy of FlagParser and parse_keys_and_flags (a command may not import another);
-# both belong in keys.py.
-class FlagParser(argparse.ArgumentParser):
-    """argparse for a command's older flag form, whose mistakes are one-line :class:`ConfigError`\\ s."""
-
-    def __init__(self, usage: str, **kwargs):
-        super().__init__(add_help=False, **kwargs)
-        self._usage_line = usage
-
-    def error(self, message: str):  # argparse would print its usage and exit
-        raise ConfigError(f"{message}; {self._usage_line}")
-
-
-def parse_keys_and_flags(
-    argv: Sequence[str],
-    keys: Mapping[str, Key],
-    string_keys: Sequence[str],
-    usage: str,
-    flags: argparse.ArgumentParser,
-    flag_keys: Mapping[str, str],
-) -> dict:
-    """Parse ``KEY=VALUE`` arguments and a command's older positional / ``--flag`` form, in any mix.
-
-    Args:
-        argv: The arguments.
-        keys, string_keys, usage: As for :func:`~face_segmentation_pytorch.keys.parse_dotlist`.
-        flags: The older form's parser; each of its settings defaults to ``None`` (not given).
-        flag_keys: Its destination name -> the key it sets.
-
-    Returns:
-        ``{key: value}`` over the defaults.
-
-    Raises:
-        ConfigError: A malformed or unknown argument, or one setting given both ways.
-    """
-    keyed = [a for a in argv if _KEY_ARG.match(a)]
-    cfg = parse_dotlist(keyed, keys, string_keys, usage)
-    rest = [a for a in argv if not _KEY_ARG.match(a)]
-    if not rest:
-        return cfg
-    given = {a.split("=", 1)[0] for a in keyed}
-    parsed = vars(flags.parse_args(rest))
-    for dest, key in flag_keys.items():
-        if parsed.get(dest) is None:
-            continue
-        if key in given:
-            raise ConfigError(f"{key} is given twice (as {key}= and in the older form); give it once")
-        cfg[key] = parsed[dest]
-    return cfg
 
 
 def _flag_parser() -> FlagParser:

@@ -16,133 +16,16 @@ Needs the ``[onnx]`` extra: onnx, onnxscript (the exporter), onnxruntime (the ch
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
-import os
-import re
 import sys
-import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
 
 from .errors import EXIT_STATUSES as _COMMON_STATUSES
-from .errors import ConfigError, FaceSegmentationError, run_command
-from .keys import Key
-from .pipeline.atomic import atomic_path
-from .pipeline.families import family_of_model
+from .errors import ConfigError, run_command
+from .formats.onnx import check_onnx, export_onnx
+from .keys import FlagParser, Key, parse_keys_and_flags
 
 __all__ = ["export_onnx", "check_onnx", "main", "parse_args", "KEYS"]
-
-_EXTRA = "ONNX export needs the onnx extra: pip install 'face_segmentation_pytorch[onnx]' (onnx, onnxscript, onnxruntime)"
-
-
-@contextlib.contextmanager
-def _quiet_exporter_logs():
-    """Keep the exporter's notes about absent optional libraries out of our output.
-
-    torch's ONNX exporter logs "torchvision is not installed. Skipping
-    torchvision::nms" (and three more) at WARNING on every export; this network
-    has no torchvision operator, so the lines say nothing to our user.
-    Errors still show.
-    """
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 18) -> Path:
-    """Write ``model`` (FCN-8s or LinkNet34) as an ONNX graph with dynamic batch,
-    height and width.
-
-    The graph's input is ``data``; its output is ``score`` (FCN-8s: Caffe's
-    blob) or ``logits`` (LinkNet34), as the family names it. LinkNet34's height
-    and width stay multiples of 32. The file is written under a temporary name
-    and renamed.
-
-    Raises:
-        FaceSegmentationError: onnx or onnxscript is not installed.
-    """
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise FaceSegmentationError(_EXTRA) from None
-    family = family_of_model(model)
-    path = Path(path)
-    # Export the dense NCHW graph; the caller's model gets its settings back.
-    fast, training = getattr(model, "fast_inference", None), model.training
-    channels_last = [
-        p for p in model.parameters() if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    ]
-    dense = model.to(memory_format=torch.contiguous_format).eval()
-    if fast is not None:
-        dense.fast_inference = False
-    m = family.size_multiple
-    device = next(dense.parameters()).device
-    example = torch.zeros(1, 3, 2 * m if m > 1 else 64, 3 * m if m > 1 else 80, device=device)
-    if m > 1:  # sides stay multiples of m: export the multiple as the free dimension
-        hw = (m * torch.export.Dim("height_blocks", max=8192 // m), m * torch.export.Dim("width_blocks", max=8192 // m))
-    else:
-        hw = (torch.export.Dim("height", max=8192), torch.export.Dim("width", max=8192))
-    dims = {0: torch.export.Dim("batch"), 2: hw[0], 3: hw[1]}
-    try:
-        with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet_exporter_logs():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                dense,
-                (example,),
-                tmp,
-                input_names=["data"],
-                output_names=[family.onnx_output],
-                dynamic_shapes=(dims,),
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    finally:
-        if fast is not None:
-            dense.fast_inference = fast
-        dense.train(training)
-        for p in channels_last:  # each parameter's own layout, fc6's included
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
-    return path
-
-
-def check_onnx(model: nn.Module, path: str | os.PathLike, sizes=None) -> float:
-    """Largest relative error (max abs difference / max abs value) between ONNX
-    Runtime on ``path`` and ``model`` over random inputs (batch 2) of ``sizes``
-    (default: a few odd sizes, multiples of 32 for LinkNet34)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise FaceSegmentationError(_EXTRA) from None
-    family = family_of_model(model)
-    if sizes is None:
-        sizes = ((1, 1), (61, 47), (257, 513)) if family.size_multiple == 1 else ((32, 32), (64, 96), (256, 256))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    rng = np.random.default_rng(0)
-    model = model.eval()
-    device = next(model.parameters()).device
-    for h, w in sizes:
-        x = rng.uniform(-123, 151, size=(2, 3, h, w)).astype(np.float32)
-        if family.size_multiple > 1:
-            x /= 58.0  # normalised RGB, as LinkNet34 is fed
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x).to(device)).cpu().numpy()
-        out = session.run([family.onnx_output], {"data": x})[0]
-        worst = max(worst, float(np.abs(out - ref).max() / np.abs(ref).max()))
-    return worst
-
 
 PROG = "python -m face_segmentation_pytorch.export"
 USAGE = f"usage: {PROG} OUT=<model.onnx> [KEY=VALUE ...]"
@@ -203,47 +86,9 @@ def help_text() -> str:
 # The older flag form beside KEY=VALUE. A copy of convert.py's FlagParser and
 # parse_keys_and_flags: a command may not import another command (tests/test_import_graph.py);
 # both belong in keys.py, the parsing every command shares.
-_KEY_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
-
-
-class _FlagParser(argparse.ArgumentParser):
-    """argparse for the older flag form, whose mistakes are one-line :class:`ConfigError`\\ s."""
-
-    def __init__(self, usage: str, **kwargs):
-        super().__init__(add_help=False, **kwargs)
-        self._usage_line = usage
-
-    def error(self, message: str):  # argparse would print its usage and exit
-        raise ConfigError(f"{message}; {self._usage_line}")
-
-
-def _parse_keys_and_flags(argv, keys, string_keys, usage, flags, flag_keys) -> dict:
-    """``KEY=VALUE`` arguments and the older form in any mix (see ``convert.parse_keys_and_flags``).
-
-    Raises:
-        ConfigError: A malformed or unknown argument, or one setting given both ways.
-    """
-    from .keys import parse_dotlist
-
-    keyed = [a for a in argv if _KEY_ARG.match(a)]
-    cfg = parse_dotlist(keyed, keys, string_keys, usage)
-    rest = [a for a in argv if not _KEY_ARG.match(a)]
-    if not rest:
-        return cfg
-    given = {a.split("=", 1)[0] for a in keyed}
-    parsed = vars(flags.parse_args(rest))
-    for dest, key in flag_keys.items():
-        if parsed.get(dest) is None:
-            continue
-        if key in given:
-            raise ConfigError(f"{key} is given twice (as {key}= and in the older form); give it once")
-        cfg[key] = parsed[dest]
-    return cfg
-
-
 def _flag_parser():
     """The older form: ``OUT [--params-dir DIR] [--weights NAME] [--opset N] [--check]``."""
-    p = _FlagParser(USAGE, prog=PROG)
+    p = FlagParser(USAGE, prog=PROG)
     p.add_argument("output", nargs="?")
     p.add_argument("--params-dir")
     p.add_argument("--weights")
@@ -261,7 +106,7 @@ def parse_args(argv) -> dict:
     """
     from .keys import is_int
 
-    cfg = _parse_keys_and_flags(
+    cfg = parse_keys_and_flags(
         argv, KEYS, _STRING_KEYS, USAGE, _flag_parser(),
         {"output": "OUT", "params_dir": "MODEL_PARAMS_DIR", "weights": "WEIGHTS", "opset": "OPSET", "check": "CHECK"},
     )

@@ -8,13 +8,17 @@ a command and its API accept exactly the same settings.
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import EXIT_STATUSES, ConfigError
 
-__all__ = ["Key", "parse_dotlist", "merge_options", "help_text", "is_int", "is_number"]
+__all__ = [
+    "Key", "parse_dotlist", "merge_options", "help_text", "is_int", "is_number", "FlagParser", "parse_keys_and_flags",
+]
 
 
 @dataclass(frozen=True)
@@ -115,3 +119,56 @@ def help_text(
     lines += [f"  {code:<3} {text}" for code, text in (statuses or EXIT_STATUSES).items()]
     lines += ["", f"example: {example}"]
     return "\n".join(lines)
+
+
+_KEY_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+# The older positional / --flag forms of convert and export, beside KEY=VALUE.
+class FlagParser(argparse.ArgumentParser):
+    """argparse for a command's older flag form, whose mistakes are one-line :class:`ConfigError`\\ s."""
+
+    def __init__(self, usage: str, **kwargs):
+        super().__init__(add_help=False, **kwargs)
+        self._usage_line = usage
+
+    def error(self, message: str):  # argparse would print its usage and exit
+        raise ConfigError(f"{message}; {self._usage_line}")
+
+
+def parse_keys_and_flags(
+    argv: Sequence[str],
+    keys: Mapping[str, Key],
+    string_keys: Sequence[str],
+    usage: str,
+    flags: argparse.ArgumentParser,
+    flag_keys: Mapping[str, str],
+) -> dict:
+    """Parse ``KEY=VALUE`` arguments and a command's older positional / ``--flag`` form, in any mix.
+
+    Args:
+        argv: The arguments.
+        keys, string_keys, usage: As for :func:`~face_segmentation_pytorch.keys.parse_dotlist`.
+        flags: The older form's parser; each of its settings defaults to ``None`` (not given).
+        flag_keys: Its destination name -> the key it sets.
+
+    Returns:
+        ``{key: value}`` over the defaults.
+
+    Raises:
+        ConfigError: A malformed or unknown argument, or one setting given both ways.
+    """
+    keyed = [a for a in argv if _KEY_ARG.match(a)]
+    cfg = parse_dotlist(keyed, keys, string_keys, usage)
+    rest = [a for a in argv if not _KEY_ARG.match(a)]
+    if not rest:
+        return cfg
+    given = {a.split("=", 1)[0] for a in keyed}
+    parsed = vars(flags.parse_args(rest))
+    for dest, key in flag_keys.items():
+        if parsed.get(dest) is None:
+            continue
+        if key in given:
+            raise ConfigError(f"{key} is given twice (as {key}= and in the older form); give it once")
+        cfg[key] = parsed[dest]
+    return cfg

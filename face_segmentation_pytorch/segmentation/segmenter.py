@@ -565,7 +565,7 @@ class FaceSegmenter:
     def _onnxruntime_forward(self, net: nn.Module):
         """Export ``net`` beside its weights (once) and return a batch -> pmap function."""
         from ..errors import FaceSegmentationError
-        from ..export import export_onnx
+        from ..formats.onnx import export_onnx
 
         try:
             import onnxruntime as ort
