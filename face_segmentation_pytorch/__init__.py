@@ -50,7 +50,7 @@ from .segmentation.preprocess import image_to_input, resize_pmap
 from .segmentation.render import cutout, gallery, overlay
 from .segmentation.segmenter import FaceSegmenter, Segmentation
 from .pipeline.video import segment_video
-from .pipeline.weights import (
+from .weights.registry import (
     DEFAULT_WEIGHTS,
     WEIGHTS,
     Weights,

@@ -195,7 +195,7 @@ def lookup_note(state, out: Path) -> str | None:
     """A line saying what name the weights lookup would find ``out`` under, when it would not
     find it as it is named (``None`` when it would, or the state fits no entry)."""
     from .pipeline.families import family_of_state_dict
-    from .pipeline.weights import DEFAULT_FOR_FAMILY, weights_for
+    from .weights.registry import DEFAULT_FOR_FAMILY, weights_for
 
     try:
         entry = weights_for(state, DEFAULT_FOR_FAMILY[family_of_state_dict(state, str(out)).name])

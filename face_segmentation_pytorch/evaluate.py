@@ -283,7 +283,7 @@ def run(cfg: dict) -> int:
     else:
         from .jobs.folder import make_segmenter
         from .segmentation.segmenter import resolve_device
-        from .pipeline.weights import get_weights
+        from .weights.registry import get_weights
 
         get_weights(cfg["WEIGHTS"])
         try:

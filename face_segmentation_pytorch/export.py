@@ -140,7 +140,7 @@ def _load_weights(cfg: dict):
         WeightsError: The weights cannot be found, downloaded, read or verified (exit status 3).
     """
     from .pipeline.families import family_of_state_dict
-    from .pipeline.weights import DEFAULT_FOR_FAMILY, find_or_download_state_dict, get_weights, load_state_dict_file
+    from .weights.registry import DEFAULT_FOR_FAMILY, find_or_download_state_dict, get_weights, load_state_dict_file
 
     entry = get_weights(cfg["WEIGHTS"])
     if cfg["WEIGHTS_FILE"] is not None:

@@ -34,7 +34,7 @@ from .formats.caffe import load_caffemodel_as_statedict as _load_caffemodel
 # here (utils is imported by the package) keeps that true.
 from .model import FaceSegmentationNet
 from .segmentation.plot import plt_debug
-from .pipeline.weights import (
+from .weights.registry import (
     DEFAULT_WEIGHTS,
     apply_state_dict,
     Weights,
@@ -43,7 +43,7 @@ from .pipeline.weights import (
     get_weights,
     load_state_dict_file,
 )
-from .pipeline.weights import load_model_parameters as _load_model_parameters
+from .weights.registry import load_model_parameters as _load_model_parameters
 
 __all__ = ["load_caffemodel_as_statedict", "load_model_parameters", "normalize_range", "plt_debug"]
 

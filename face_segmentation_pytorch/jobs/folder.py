@@ -267,7 +267,7 @@ def check_settings(cfg: dict) -> Path | None:
     """The checks every engine makes first; returns ``OUT_DIR`` as a path."""
     from PIL import Image
 
-    from ..pipeline.weights import get_weights
+    from ..weights.registry import get_weights
 
     get_weights(cfg["WEIGHTS"])  # an unknown name is a mistake in the command: say so first
     out_dir = Path(cfg["OUT_DIR"]).expanduser() if cfg["OUT_DIR"] else None

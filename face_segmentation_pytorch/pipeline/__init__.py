@@ -3,11 +3,11 @@
 Its modules moved to the folders that show the layers (issue 23):
 ``files/`` (atomic writes, image and mask files, progress), ``segmentation/``
 (preprocessing, forward, assembling, precision, post-processing, cropping,
-drawing, the :class:`FaceSegmenter`), ``weights/`` (the families), ``jobs/``
+drawing, the :class:`FaceSegmenter`), ``weights/`` (the registry, the families,
+the verified downloader), ``jobs/``
 (the folder job, its worker pools and the Ray engine). Each old module path,
 ``face_segmentation_pytorch.pipeline.<name>``, is the moved module itself, so
-scripts and pickles that name it keep working. Modules not yet moved (the
-weights registry and its downloader, the video job) still live here.
+scripts and pickles that name it keep working. The video job still lives here.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ MOVED = {
     "render": "segmentation.render",
     "plot": "segmentation.plot",
     "families": "weights.families",
+    "weights": "weights.registry",
+    "download": "weights.download",
     "workers": "jobs.workers",
     "ray_engine": "jobs.ray_engine",
 }

@@ -30,7 +30,7 @@ from .precision import check_precision, precision_dtype, precision_scope
 from .postprocess import dilate as grow_mask
 from .postprocess import feather as feather_mask
 from ..weights.families import family_of_model
-from ..pipeline.weights import (
+from ..weights.registry import (
     DEFAULT_WEIGHTS,
     Weights,
     find_or_download_state_dict,

@@ -51,7 +51,7 @@ from ..keys import Key, is_int, is_number, merge_options
 from .losses import SegmentationLoss, face_logit
 
 if TYPE_CHECKING:
-    from ..pipeline.weights import Weights
+    from ..weights.registry import Weights
     from .data import TrainingData
 
 __all__ = [
@@ -220,7 +220,7 @@ def check_train_config(cfg: Mapping[str, object], *, resuming: bool = False) -> 
     Raises:
         ConfigError: One line naming the key, its value and what is expected.
     """
-    from ..pipeline.weights import get_weights
+    from ..weights.registry import get_weights
 
     cfg = dict(cfg)
 
@@ -352,7 +352,7 @@ def _check_imagenet_url(url: object) -> None:
 
 def _imagenet_folder(cfg: Mapping) -> Path:
     """Where INIT=imagenet looks for (and downloads) the resnet34 file."""
-    from ..pipeline.weights import default_params_dir
+    from ..weights.registry import default_params_dir
 
     return Path(cfg["MODEL_PARAMS_DIR"]) if cfg["MODEL_PARAMS_DIR"] else default_params_dir()
 
@@ -404,7 +404,7 @@ def _download_imagenet(url: str, folder: Path, progress: bool) -> tuple[Path, di
     """
     from ..errors import DownloadError, WeightsSettingError
     from ..files.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists
-    from ..pipeline.download import download_url_to_file, shown_folder
+    from ..weights.download import download_url_to_file, shown_folder
 
     name = _url_file_name(url)
     prefix = _HASH_IN_NAME.search(name).group(1)
@@ -492,7 +492,7 @@ def _imagenet_encoder_state(path: Path, source: str) -> dict[str, torch.Tensor]:
 
 def _read_init_file(path: Path, family: str) -> dict:
     """A weights file, or the model of a run's ``last.pt``."""
-    from ..pipeline.weights import check_state_dict, load_state_dict_file
+    from ..weights.registry import check_state_dict, load_state_dict_file
 
     if path.is_file() and path.suffix.lower() in (".pt", ".pth"):
         try:
@@ -511,7 +511,7 @@ def new_network(cfg: Mapping) -> nn.Module:
     ``INPUT_SIZE`` for FCN-8s); inside ``with torch.device("meta")`` only its shapes."""
     from ..models.fcn8s import FaceSegmentationNet
     from ..models.linknet import LinkNet34
-    from ..pipeline.weights import get_weights
+    from ..weights.registry import get_weights
 
     entry = get_weights(cfg["WEIGHTS"])
     if entry.arch.name == "linknet34":
@@ -539,7 +539,7 @@ def build_model(cfg: Mapping, *, progress: bool = True) -> tuple[nn.Module, str]
     Raises:
         WeightsError: Weights cannot be found, downloaded, verified, read or fitted.
     """
-    from ..pipeline.weights import find_or_download_state_dict, get_weights
+    from ..weights.registry import find_or_download_state_dict, get_weights
 
     entry = get_weights(cfg["WEIGHTS"])
     fam = entry.arch
@@ -635,7 +635,7 @@ def check_batchnorm_values(model: nn.Module, cfg: Mapping, what: str, n_train: i
     Raises:
         ConfigError: One line naming the layer and what to change.
     """
-    from ..pipeline.weights import get_weights
+    from ..weights.registry import get_weights
 
     size, bs = cfg["INPUT_SIZE"], cfg["BATCH_SIZE"]
     hit = _single_value_layers(model, size, bs)
@@ -900,7 +900,7 @@ def _network_of_run(cfg: Mapping, state: Mapping[str, torch.Tensor]) -> nn.Modul
         state: The model in last.pt: for INIT=pretrained or a file it gives the
             architecture (an FCN-8s width or class count of its own).
     """
-    from ..pipeline.weights import get_weights
+    from ..weights.registry import get_weights
 
     if cfg["INIT"] in ("scratch", "imagenet"):
         return new_network(cfg).train()
@@ -1105,7 +1105,7 @@ class Trainer:
         """Everything that can be refused is checked before OUT_DIR is made; a
         failure after that takes away the folders this run made if they are empty."""
         from ..files.atomic import remove_empty_dirs
-        from ..pipeline.weights import get_weights
+        from ..weights.registry import get_weights
 
         cfg = self.cfg
         device = self._resolve_device()
