@@ -10,12 +10,15 @@ hits every variant alike), with random weights:
    Target: fast path at least 1.3x ONNX Runtime.
 2. The whole video pipeline (decode in a reader thread, segment, overlay,
    encode in a writer thread: ``python -m face_segmentation_pytorch.video``'s
-   code, run in this process) on a generated clip, against the fast forward
-   alone. Target: 0.9 or more of the forward-only rate.
+   code, run in this process; FFmpeg's libraries through PyAV, H.264 out) on a
+   generated clip, against the fast forward alone. Target: 0.9 or more of the
+   forward-only rate. ``--source mjpeg`` (default) reads an MJPEG AVI, as a
+   webcam gives; ``--source h264`` an H.264 MP4 with AAC sound, as a phone
+   gives (the sound is copied into the output).
 3. ``--layers``: the package's Winograd 3x3 kernel against oneDNN's direct
    convolution at the encoder's 3x3 shapes (64..512 channels, 64x64..8x8).
 
-Run: ``python benchmarks/video.py [--rounds 20] [--frames 120] [--size 640x480] [--layers]``.
+Run: ``python benchmarks/video.py [--rounds 20] [--frames 120] [--size 640x480] [--source mjpeg|h264] [--layers]``.
 ``--omp-passive`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch starts (see the
 README: on a shared or busy machine OpenMP's spinning threads cost much more
 than they save).
@@ -144,6 +147,44 @@ def make_clip(path: Path, frames: int, size: tuple[int, int], fps: float = 30.0)
     return path
 
 
+def make_h264_clip(path: Path, frames: int, size: tuple[int, int], fps: int = 30) -> Path:
+    """The same pictures as :func:`make_clip`, as H.264 in MP4 with an AAC tone (PyAV), as a phone records."""
+    from fractions import Fraction
+
+    import av
+    import cv2
+    import numpy as np
+
+    avi = make_clip(path.with_suffix(".avi"), frames, size, fps)
+    cap = cv2.VideoCapture(str(avi))
+    w, h = size
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        a = out.add_stream("aac", rate=48000)
+        a.layout = "stereo"
+        i = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            f = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            f.pts = i
+            out.mux(v.encode(f))
+            i += 1
+        out.mux(v.encode(None))
+        n = round(i / fps * 48000)
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)
+        for k in range(0, n, 1024):
+            part = np.ascontiguousarray(np.repeat(tone[None, k:k + 1024], 2, axis=0))
+            af = av.AudioFrame.from_ndarray(part, format="fltp", layout="stereo")
+            af.sample_rate, af.pts, af.time_base = 48000, k, Fraction(1, 48000)
+            out.mux(a.encode(af))
+        out.mux(a.encode(None))
+    cap.release()
+    return path
+
+
 def bench_video(args, tmp: Path) -> list[tuple[float, float, float, float, float]]:
     """Per repeat: command frames/s, forward-only frames/s (before, after), and
     CPU seconds per frame of the command and of the forward alone.
@@ -162,7 +203,10 @@ def bench_video(args, tmp: Path) -> list[tuple[float, float, float, float, float
     from face_segmentation_pytorch.video import main as video_main
 
     w, h = (int(v) for v in args.size.lower().split("x"))
-    clip = make_clip(tmp / "clip.avi", args.frames, (w, h))
+    if args.source == "h264":
+        clip = make_h264_clip(tmp / "clip.mp4", args.frames, (w, h))
+    else:
+        clip = make_clip(tmp / "clip.avi", args.frames, (w, h))
     weights = tmp / "weights"
     weights.mkdir(exist_ok=True)
     torch.save(random_linknet().state_dict(), weights / "linknet_oneflow_model.pt")
@@ -190,6 +234,8 @@ def bench_video(args, tmp: Path) -> list[tuple[float, float, float, float, float
             raise SystemExit(f"video command failed ({rc}): {err.getvalue()}")
         cpu = time.process_time() - cpu
         m = re.search(r"(\d+) frames in [\d.]+ s, ([\d.]+) frames/s", err.getvalue())
+        wrote = re.search(r"wrote \S+ \((.*)\)$", err.getvalue().strip().splitlines()[-1])
+        args.wrote = wrote.group(1) if wrote else "?"
         after, cpu_after = forward_rate(max(10, args.frames // 4))
         rows.append((float(m.group(2)), before, after, cpu / int(m.group(1)), (cpu_before + cpu_after) / 2))
     return rows
@@ -222,6 +268,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=120, help="frames of the generated clip")
     ap.add_argument("--size", default="640x480", help="clip frame size WxH")
     ap.add_argument("--video-repeats", type=int, default=3, help="runs of the video command")
+    ap.add_argument("--source", choices=("mjpeg", "h264"), default="mjpeg",
+                    help="the clip: MJPEG AVI (a webcam's) or H.264 MP4 with AAC sound (a phone's)")
     ap.add_argument("--layers", action="store_true", help="also compare Winograd and direct 3x3 per encoder shape")
     ap.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (set before torch starts)")
     ap.add_argument("--skip-video", action="store_true")
@@ -256,7 +304,9 @@ def main() -> None:
         print(f"fast path vs PyTorch channels-last: {summary(times['PyTorch, channels-last'])[0] / fast_med:.2f}x (medians)")
         if not args.skip_video:
             rows = bench_video(args, tmp)
-            print(f"\nvideo command on a {args.size} MJPG clip of {args.frames} frames (decode, segment, overlay, mp4v encode):")
+            kind = "H.264 MP4 clip with AAC sound" if args.source == "h264" else "MJPEG AVI clip"
+            print(f"\nvideo command on a {args.size} {kind} of {args.frames} frames (decode, segment, overlay, encode; "
+                  f"the output: {getattr(args, 'wrote', '?')}):")
             print(
                 "| run | command frames/s | forward-only frames/s (before, after) | wall ratio "
                 "| CPU s/frame: command, forward | CPU ratio (forward / command) |"

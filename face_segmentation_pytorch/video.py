@@ -422,7 +422,7 @@ def run(cfg: dict) -> int:
 
 def _run(cfg, device, source, out, encoding, created) -> int:
     from .pipeline.atomic import ensure_writable_dir
-    from .pipeline.video import MaskSink, VideoSink, probe, segment_video
+    from .pipeline.video import DEFAULT_FPS, MaskSink, VideoSink, probe, segment_video
     from .pipeline.video_pause import pause
 
     masks_dir = Path(cfg["MASKS_DIR"]).expanduser() if cfg["MASKS_DIR"] else None
@@ -452,7 +452,9 @@ def _run(cfg, device, source, out, encoding, created) -> int:
     sink = None
     if out is not None:
         sink = VideoSink(
-            out, (source.width, source.height), time_base=source.time_base, rate=cfg["FPS"] or source.fps,
+            # The rate is the encoder's hint (a camera may report none); the timestamps place the frames.
+            out, (source.width, source.height), time_base=source.time_base,
+            rate=cfg["FPS"] or source.fps or DEFAULT_FPS,
             codec=cfg["CODEC"], crf=cfg["CRF"], style=cfg["STYLE"], color=cfg["COLOR"],
             background=cfg["BACKGROUND"], sound_from=source.paths[0] if keep_sound else None,
         )

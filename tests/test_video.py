@@ -249,14 +249,16 @@ def test_fcn8s_runs_on_video(tmp_path, clip, slim_weights_dir, capsys):
 
 def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path, linknet_dir):
     clip = write_clip(tmp_path / "long.mp4", 400)
-    out, masks, fifo = tmp_path / "cut.avi", tmp_path / "m", tmp_path / "go"
-    os.mkfifo(fifo)
+    out, masks, gates = tmp_path / "cut.avi", tmp_path / "m", tmp_path / "gates"
+    gates.mkdir()
     # The command stops after its 4th frame and says so; Ctrl-C lands there, not at a moment guessed here.
-    env = dict(os.environ, FSP_VIDEO_PAUSE_AT="frame:4", FSP_VIDEO_PAUSE_FIFO=str(fifo))
+    env = dict(os.environ, FSP_VIDEO_PAUSE_AT="frame:4", FSP_VIDEO_PAUSE_GATE=str(gates))
     proc = subprocess.Popen(
         [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip}", f"OUT={out}",
          f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={linknet_dir}", "INPUT_SIZE=64", "DEVICE=cpu"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+        # Ctrl-C as in a terminal, even where this test runs with SIGINT ignored (nohup, some CI).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr] + [lines.put(None)], daemon=True).start()

@@ -29,6 +29,7 @@ from video_clips import (  # noqa: E402
     probe,
     read_marker,
     sound_packets,
+    sound_span,
     write_linknet_weights,
     write_sequence,
 )
@@ -66,7 +67,7 @@ def moov_first(path: Path) -> bool:
 
 def test_phone_clip_to_mp4_keeps_every_frame_time_and_the_sound_as_it_is(tmp_path, blank_weights):
     """End to end as a user runs it: a variable-frame-rate clip with sound to faces.mp4."""
-    clip = make_clip(tmp_path / "phone.mp4", n=40, steps=PHONE_STEPS)
+    clip = make_clip(tmp_path / "phone.mp4", n=24, steps=PHONE_STEPS)
     out = tmp_path / "faces.mp4"
     proc = subprocess.run(
         [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip.path}", f"OUT={out}",
@@ -75,24 +76,24 @@ def test_phone_clip_to_mp4_keeps_every_frame_time_and_the_sound_as_it_is(tmp_pat
     )
     assert proc.returncode == 0, proc.stderr
     got, src = probe(out), probe(clip.path)
+    # Every frame, in its place, at its own source time (the clip's intervals are 17 to 50 ms).
+    assert len(got.times) == len(clip.times) == 24
+    assert max(abs(a - b) for a, b in zip(got.times, clip.times)) < 1e-4
+    assert [read_marker(p) for p in got.pictures] == list(range(24))
+    assert (got.width, got.height) == (64, 48)
     # H.264 in yuv420p with the index first: what browsers and upload pages take.
     assert (got.codec, got.pix_fmt) == ("h264", "yuv420p") and "mp4" in got.format
     assert moov_first(out)
-    # Every frame, in its place, at its own source time (the clip's intervals are 17 to 50 ms).
-    assert len(got.times) == len(clip.times) == 40
-    assert max(abs(a - b) for a, b in zip(got.times, clip.times)) < 1e-4
-    assert [read_marker(p) for p in got.pictures] == list(range(40))
-    assert (got.width, got.height) == (64, 48)
     # The sound is the source's AAC, packet for packet (copied, not re-encoded), and still the tone.
     assert got.sound == ["aac"]
-    assert got.sound_packets == src.sound_packets and len(got.sound_packets) > 40
+    assert got.sound_packets == src.sound_packets and len(got.sound_packets) > 20
     assert abs(got.sound_s - src.sound_s) < FRAME
     assert abs(dominant_hz(out) - 440) < 5
-    assert re.search(r"wrote \S+ \(H\.264 yuv420p, 64x48, 40 frames, [\d.]+ s; sound: aac copied\)", proc.stderr)
+    assert re.search(r"wrote \S+ \(H\.264 yuv420p, 64x48, 24 frames, [\d.]+ s; sound: aac copied\)", proc.stderr)
 
 
 def test_webm_is_vp9_with_opus_sound_in_step(tmp_path, blank_weights, capsys):
-    clip = make_clip(tmp_path / "talk.mp4", n=30)
+    clip = make_clip(tmp_path / "talk.mp4", n=20)
     out = tmp_path / "faces.webm"
     rc, err = run([f"SOURCE={clip.path}", f"OUT={out}"], blank_weights, capsys)
     assert rc == 0, err
@@ -101,7 +102,7 @@ def test_webm_is_vp9_with_opus_sound_in_step(tmp_path, blank_weights, capsys):
     assert got.sound == ["opus"]  # WebM does not take AAC: re-encoded
     assert abs(got.sound_s - clip.sound_s) < FRAME
     assert abs(dominant_hz(out) - 440) < 5
-    assert len(got.times) == 30
+    assert len(got.times) == 20
     # WebM counts milliseconds; the muxer may shift every stream alike (the sound's
     # encoder delay): frames keep their spacing, and stay within a frame of their time.
     t0 = got.times[0]
@@ -111,7 +112,7 @@ def test_webm_is_vp9_with_opus_sound_in_step(tmp_path, blank_weights, capsys):
 
 
 def test_rotated_phone_clip_comes_out_upright(tmp_path, blank_weights, capsys):
-    clip = make_clip(tmp_path / "portrait.mp4", size=(64, 48), n=12, rotation=90, sound=None)
+    clip = make_clip(tmp_path / "portrait.mp4", size=(64, 48), n=8, rotation=90, sound=None)
     src = probe(clip.path)
     assert (src.width, src.height, src.rotation) == (48, 64, 90)  # stored turned, shown 64x48
     out = tmp_path / "faces.mp4"
@@ -129,38 +130,40 @@ def test_rotated_phone_clip_comes_out_upright(tmp_path, blank_weights, capsys):
         assert ok and near(pic, shown[:, :, ::-1]) < 6, i
         assert near(pic, clip.pictures[i][::-1, ::-1]) > 20  # (a turned picture is far)
     cap.release()
-    assert [read_marker(p) for p in got.pictures] == list(range(12))
+    assert [read_marker(p) for p in got.pictures] == list(range(8))
 
 
-@pytest.mark.parametrize("rotation", [-90, 180])
-def test_other_rotations_come_out_upright(tmp_path, blank_weights, capsys, rotation):
-    clip = make_clip(tmp_path / "r.mp4", size=(64, 48), n=4, rotation=rotation, sound=None)
-    out = tmp_path / "faces.mkv"
+@pytest.mark.parametrize("rotation, suffix", [(-90, ".mkv"), (180, ".mov")])
+def test_other_rotations_come_out_upright_and_mkv_mov_copy_the_sound(tmp_path, blank_weights, capsys, rotation, suffix):
+    clip = make_clip(tmp_path / "r.mp4", size=(64, 48), n=6, rotation=rotation)
+    out = tmp_path / f"faces{suffix}"
     rc, err = run([f"SOURCE={clip.path}", f"OUT={out}"], blank_weights, capsys)
     assert rc == 0, err
     got = probe(out)
-    assert (got.width, got.height) == (64, 48)
+    assert (got.width, got.height, got.codec) == (64, 48, "h264")
     assert near(got.pictures[0], clip.pictures[0]) < 6
+    assert got.sound == ["aac"] and sound_packets(out) == sound_packets(clip.path)  # copied as it is
+    assert abs(sound_span(out) - sound_span(clip.path)) < FRAME
 
 
 def test_odd_size_is_kept_in_webm_and_padded_and_said_in_mp4(tmp_path, blank_weights, capsys):
     clip = make_clip(tmp_path / "odd.webm", size=(65, 49), n=6, sound=None, video_codec="libvpx-vp9")
     assert (probe(clip.path).width, probe(clip.path).height) == (65, 49)
     webm, mp4 = tmp_path / "faces.webm", tmp_path / "faces.mp4"
-    rc, err = run([f"SOURCE={clip.path}", f"OUT={webm}"], blank_weights, capsys)
-    assert rc == 0, err
-    got = probe(webm)
-    assert (got.width, got.height) == (65, 49) == summary_size(err)  # VP9 takes odd sizes as they are
-    assert "padded" not in err
     rc, err = run([f"SOURCE={clip.path}", f"OUT={mp4}"], blank_weights, capsys)
     assert rc == 0, err
     got = probe(mp4)
     # H.264 in 4:2:0 takes even sizes only: one pixel more each way, and the summary says what the file holds.
-    assert (got.width, got.height) == (66, 50) == summary_size(err)
+    assert summary_size(err) == (got.width, got.height) == (66, 50)
     assert "padded from 65x49" in err
     pic = got.pictures[0].astype(int)
     assert near(pic[:49, :65].astype(np.uint8), clip.pictures[0]) < 6
     assert np.abs(pic[:, 65] - pic[:, 64]).mean() < 6 and np.abs(pic[49] - pic[48]).mean() < 6  # the edge repeated
+    rc, err = run([f"SOURCE={clip.path}", f"OUT={webm}"], blank_weights, capsys)
+    assert rc == 0, err
+    got = probe(webm)
+    assert summary_size(err) == (got.width, got.height) == (65, 49)  # VP9 takes odd sizes as they are
+    assert "padded" not in err
 
 
 @pytest.mark.parametrize(
@@ -168,15 +171,13 @@ def test_odd_size_is_kept_in_webm_and_padded_and_said_in_mp4(tmp_path, blank_wei
     [
         ("pcm.mkv", "pcm_s16le", ".mp4", "aac", False),  # MP4 for browsers: PCM re-encoded as AAC
         ("opus.webm", "libopus", ".mp4", "opus", True),  # browsers play Opus in MP4: copied
-        ("talk.mp4", "aac", ".mkv", "aac", True),
-        ("talk.mp4", "aac", ".mov", "aac", True),
         ("talk.mp4", "aac", ".avi", "aac", True),  # AVI takes AAC too
     ],
 )
 def test_sound_copied_where_the_container_takes_it_else_re_encoded(tmp_path, blank_weights, capsys, source, sound,
                                                                    suffix, expect, copied):
     codec = "libvpx-vp9" if source.endswith(".webm") else "libx264"
-    clip = make_clip(tmp_path / source, n=15, sound=sound, video_codec=codec)
+    clip = make_clip(tmp_path / source, n=10, sound=sound, video_codec=codec)
     out = tmp_path / f"faces{suffix}"
     rc, err = run([f"SOURCE={clip.path}", f"OUT={out}"], blank_weights, capsys)
     assert rc == 0, err
@@ -185,7 +186,7 @@ def test_sound_copied_where_the_container_takes_it_else_re_encoded(tmp_path, bla
     assert abs(got.sound_s - clip.sound_s) < FRAME
     assert abs(dominant_hz(out) - 440) < 5
     assert (sound_packets(out) == sound_packets(clip.path)) == copied
-    assert len(got.times) == 15
+    assert len(got.times) == 10
 
 
 def test_audio_false_and_fps_leave_the_sound_out_and_fps_says_why(tmp_path, blank_weights, capsys):
@@ -204,29 +205,29 @@ def test_audio_false_and_fps_leave_the_sound_out_and_fps_says_why(tmp_path, blan
 
 
 def test_max_frames_ends_the_sound_where_the_pictures_end(tmp_path, blank_weights, capsys):
-    clip = make_clip(tmp_path / "talk.mp4", n=30)
+    clip = make_clip(tmp_path / "talk.mp4", n=20)
     out = tmp_path / "first.mp4"
-    rc, err = run([f"SOURCE={clip.path}", f"OUT={out}", "MAX_FRAMES=10"], blank_weights, capsys)
+    rc, err = run([f"SOURCE={clip.path}", f"OUT={out}", "MAX_FRAMES=8"], blank_weights, capsys)
     assert rc == 0, err
     got = probe(out)
-    assert len(got.times) == 10
-    assert abs(got.sound_s - clip.times[10]) < FRAME  # 10 frames' worth, not the clip's 1 s
+    assert len(got.times) == 8
+    assert abs(got.sound_s - clip.times[8]) < FRAME  # 8 frames' worth, not the clip's 0.67 s
     assert got.sound_packets == sound_packets(clip.path)[: len(got.sound_packets)]  # still copied
 
 
 def test_frame_count_is_the_files_own(tmp_path, blank_weights, capsys):
     # Matroska's header has no frame count: it is counted, not estimated from duration x rate.
-    clip = make_clip(tmp_path / "phone.mkv", n=33, steps=[1 / 60, 1 / 15, 1 / 30])
+    clip = make_clip(tmp_path / "phone.mkv", n=21, steps=[1 / 60, 1 / 15, 1 / 30])
     out = tmp_path / "faces.mp4"
     rc, err = run([f"SOURCE={clip.path}", f"OUT={out}", "MASK_THRESHOLD=0.5"], blank_weights, capsys)
     assert rc == 0, err
     header = err.splitlines()[0]
-    assert re.search(r"\(64x48, [\d.]+ fps, 33 frames", header), header
-    assert len(probe(out).times) == 33
+    assert re.search(r"\(64x48, [\d.]+ fps, 21 frames", header), header
+    assert len(probe(out).times) == 21
 
 
 def test_codec_and_crf_choose_the_encoder_and_quality(tmp_path, blank_weights, capsys):
-    clip = make_clip(tmp_path / "talk.mp4", n=10, sound=None)
+    clip = make_clip(tmp_path / "talk.mp4", n=6, sound=None)
     sizes = {}
     for crf in (10, 40):
         out = tmp_path / f"crf{crf}.mp4"
@@ -237,11 +238,9 @@ def test_codec_and_crf_choose_the_encoder_and_quality(tmp_path, blank_weights, c
     legacy = tmp_path / "legacy.mp4"
     rc, err = run([f"SOURCE={clip.path}", f"OUT={legacy}", "CODEC=mp4v"], blank_weights, capsys)
     assert rc == 0, err
-    assert probe(legacy).codec == "mpeg4"  # OpenCV's four-character code, understood
-    vp9 = tmp_path / "vp9.mkv"
-    rc, err = run([f"SOURCE={clip.path}", f"OUT={vp9}", "CODEC=libvpx-vp9", "CRF=40"], blank_weights, capsys)
-    assert rc == 0, err
-    assert probe(vp9).codec == "vp9"
+    got = probe(legacy)
+    assert got.codec == "mpeg4" and len(got.times) == 6  # OpenCV's four-character code, understood
+    assert np.allclose(got.times, clip.times, atol=1e-4)  # MPEG-4 Part 2 takes no 1/90000: timed in 1/60000
 
 
 # --------------------------------------------------------------------------

@@ -206,6 +206,15 @@ def probe(path: Path) -> Probe:
     return Probe(codec, pix, w, h, times, pics, rotation, duration, sound, sound_s, packets, fmt)
 
 
+def sound_span(path: Path) -> float:
+    """Seconds from the first sound packet's start to the last one's end, by their
+    timestamps (a decoder may add a codec's priming samples, e.g. AAC in Matroska)."""
+    with av.open(str(path)) as c:
+        packets = [p for p in c.demux(c.streams.audio[0]) if p.size and p.pts is not None]
+    start = min(float(p.pts * p.time_base) for p in packets)
+    return max(float((p.pts + (p.duration or 0)) * p.time_base) for p in packets) - start
+
+
 def sound_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as c:
         return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]

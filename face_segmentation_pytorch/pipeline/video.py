@@ -43,6 +43,7 @@ from .video_source import (
     natural_key,
     open_source,
 )
+from .video_worker import wait_for
 from .video_writer import OUTPUT_TYPES, VideoSink, partial_path, plan_encoding, probe
 
 __all__ = [
@@ -286,9 +287,18 @@ def segment_video(
         target=_reader, args=(src, segmenter, frames, stop, max_frames, skip), name="fsp-video-read", daemon=True
     )
     reader.start()
+    def got(timeout: float) -> bool:
+        try:
+            box.append(frames.get(timeout=timeout))
+            return True
+        except queue.Empty:
+            return False
+
+    box: list = []
     try:
         while True:
-            item = frames.get()
+            wait_for(got)  # timed waits: a Ctrl-C is taken within a tick (video_worker.wait_for)
+            item = box.pop()
             if item is _END:
                 return
             if isinstance(item, BaseException):

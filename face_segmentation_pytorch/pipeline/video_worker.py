@@ -5,6 +5,12 @@ such threads, so that it never waits for them, and memory stays bounded when
 they are slower. The thread also runs the closing step (``on_end``): the file
 is closed by the thread that wrote it, after the last frame, so nothing the
 main thread does (a Ctrl-C included) can close it under a frame being written.
+
+The main thread never waits without a time limit (:func:`wait_for`): Linux
+hands a Ctrl-C to any thread of the process (FFmpeg's, OpenMP's, these), and
+Python runs its handler only in the main thread, at its next step; a main
+thread blocked in a plain ``join()`` or ``put()`` would not take that step
+until the wait ended on its own.
 """
 
 from __future__ import annotations
@@ -13,9 +19,30 @@ import queue
 import threading
 from collections.abc import Callable
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "wait_for", "TICK_S"]
 
 _END = object()
+#: Longest wait of the main thread between two looks at pending signals.
+TICK_S = 0.1
+
+
+def wait_for(step) -> None:
+    """Call ``step(timeout)`` with :data:`TICK_S` until it returns True: a wait
+    that lets Python run a signal handler (Ctrl-C) within a tick, whichever
+    thread the signal was delivered to."""
+    while not step(TICK_S):
+        pass
+
+
+def _put_within(q: queue.Queue, item):
+    def step(timeout: float) -> bool:
+        try:
+            q.put(item, timeout=timeout)
+            return True
+        except queue.Full:
+            return False
+
+    return step
 
 
 class Worker:
@@ -69,7 +96,7 @@ class Worker:
     def put(self, item) -> None:
         if self.error is not None:
             raise self.error
-        self._q.put(item)
+        wait_for(_put_within(self._q, item))
 
     def finish(self, abort: bool = False) -> None:
         """Let the thread write what is queued (or, ``abort``, just close) and
@@ -77,9 +104,14 @@ class Worker:
         waits on for the same end."""
         if not self._end_sent:
             self._aborted = abort
+            wait_for(_put_within(self._q, _END))
             self._end_sent = True
-            self._q.put(_END)
-        self._thread.join()
+
+        def joined(timeout: float) -> bool:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+
+        wait_for(joined)
         if self.error is not None:
             raise self.error
 
