@@ -19,6 +19,13 @@ Why they exist (measured on the project's 2-core machines, see README
 * ``conv_as_matmul``: ``fc6`` is a 7x7 convolution with a 411 MB weight; oneDNN
   reorders that weight on every call, a plain matrix product reads it in place
   (2.1x-2.5x faster; fc7 1.4x).
+* ``winograd_f2_conv3x3``: F(2x2, 3x3), 16 multiplications per 2x2 tile instead
+  of 36, with the kernel transformed once (:func:`winograd_f2_weights`). Its
+  transforms add and subtract only (no scaling), so its error stays at direct
+  fp32 rounding (3e-7 to 7e-7 of a layer's largest output). For LinkNet34's
+  encoder, whose maps (32x32 to 8x8 at 256x256) are too small for F(4x4)'s
+  tiles: 1.1x-1.45x oneDNN's direct convolution at 128 channels and more, slower
+  at 64 (``benchmarks/cpu.py --layers``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["WINOGRAD_MIN_CHANNEL_PRODUCT", "conv3x3", "conv_as_matmul", "use_winograd", "winograd_conv3x3"]
+__all__ = [
+    "WINOGRAD_F2_MIN_CHANNEL_PRODUCT",
+    "WINOGRAD_MIN_CHANNEL_PRODUCT",
+    "conv3x3",
+    "conv_as_matmul",
+    "use_winograd",
+    "use_winograd_f2",
+    "winograd_conv3x3",
+    "winograd_f2_conv3x3",
+    "winograd_f2_weights",
+]
 
 #: 3x3 convolutions with at least this many (input x output) channel pairs use
 #: Winograd on CPU: conv3_1 (128x256) and later. The transforms cost in
@@ -228,3 +245,126 @@ def conv_as_matmul(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
         else:
             torch.mm(cols, wm.t(), out=dst)
     return out.permute(0, 3, 1, 2)
+
+
+# --------------------------------------------------------------------------
+# Winograd F(2x2, 3x3) with the kernel transformed once.
+
+#: Stride-1 3x3 layers with at least this many (input x output) channel pairs
+#: take F(2x2, 3x3) in LinkNet34's fp32 fast path. Measured on 2 cores at batch 1
+#: (CPU time, 1 and 2 threads; ``benchmarks/cpu.py --layers``): 64x64 channels at
+#: 64x64 0.7x-0.8x (the transforms cost more than they save), 128 at 32x32
+#: 1.1x-1.25x, 256 at 16x16 1.3x-1.45x, 512 at 8x8 1.2x-1.35x.
+WINOGRAD_F2_MIN_CHANNEL_PRODUCT = 128 * 128
+
+# Lavin & Gray (2016), F(2x2, 3x3) with interpolation points 0, +-1, inf: every
+# entry of B and A is 0 or +-1, so the data transforms are exact sums.
+_BT2 = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_G2 = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_AT2 = ((1, 1, 1, 0), (0, 1, -1, -1))
+#: Transformed input tiles of one chunk take at most about this many bytes (as
+#: ``_WINOGRAD_BAND_BYTES``): whole batches of LinkNet34's maps fit at 256x256.
+_F2_CHUNK_BYTES = 16 * 2**20
+_F2_MATRICES: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _f2_transforms(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B (16x16)`` for a flattened 4x4 input tile and ``A (4x16)`` back to a 2x2 output tile."""
+    key = (device, dtype)
+    if key not in _F2_MATRICES:
+
+        def kron(rows):
+            m = torch.tensor(rows, dtype=torch.float64)
+            return torch.kron(m, m).to(device=device, dtype=dtype)
+
+        _F2_MATRICES[key] = (kron(_BT2), kron(_AT2))
+    return _F2_MATRICES[key]
+
+
+def use_winograd_f2(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a stride-1, padding-1 3x3 layer pays in F(2x2, 3x3) (float32 on the CPU only)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and tuple(weight.shape[2:]) == (3, 3)
+        and weight.shape[0] * weight.shape[1] >= WINOGRAD_F2_MIN_CHANNEL_PRODUCT
+    )
+
+
+def winograd_f2_weights(weight: torch.Tensor) -> torch.Tensor:
+    """The kernel transform ``G w G^T`` of every filter, once: ``(16, C, K)`` in ``weight``'s dtype.
+
+    Computed in float64, so the only rounding is the final cast.
+    """
+    k, c = weight.shape[:2]
+    g = torch.kron(*(torch.tensor(_G2, dtype=torch.float64, device=weight.device),) * 2)  # 16 x 9
+    w = weight.detach().double().permute(2, 3, 1, 0).reshape(9, c * k)  # taps x (C, K)
+    return (g @ w).reshape(16, c, k).to(weight.dtype).contiguous()
+
+
+def winograd_f2_conv3x3(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    relu: bool = True,
+) -> torch.Tensor:
+    """``relu(conv2d(x, w, bias, padding=1) + residual)`` by Winograd F(2x2, 3x3).
+
+    Args:
+        x: ``(N, C, H, W)``, any memory format (channels-last reads without a copy).
+        u: :func:`winograd_f2_weights` of the ``(K, C, 3, 3)`` weight.
+        bias: ``(K,)`` or ``None``.
+        residual: ``(N, K, H, W)`` added before the ReLU (a ResNet block's
+            shortcut), or ``None``.
+        relu: Apply ``max(0, .)`` last.
+
+    Returns:
+        ``(N, K, H, W)`` in channels-last memory.
+    """
+    n, c, h, w = x.shape
+    k = u.shape[2]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    bt, at = _f2_transforms(x.device, x.dtype)
+    # Tiles of 4x4 at stride 2 over the input padded to 2*th+2 x 2*tw+2 (one
+    # zero row and column more where a side is odd: they feed only cropped outputs).
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2 * tw + 1 - w, 1, 2 * th + 1 - h))
+    out = torch.empty((n, th, 2, tw, 2, k), dtype=x.dtype, device=x.device)
+    # The shortcut as tiles of the output (a view for a channels-last residual):
+    # added chunk by chunk while the chunk is in cache. Odd sides: added at the end.
+    res6 = None
+    if residual is not None and h % 2 == 0 and w % 2 == 0:
+        res6 = residual.permute(0, 2, 3, 1).reshape(n, th, 2, tw, 2, k)
+    # Chunks of whole images while they fit (one product for a whole small
+    # batch), of tile rows within an image when one image is too large.
+    rows = max(1, _F2_CHUNK_BYTES // (16 * tw * max(c, k) * x.element_size()))
+    if rows >= th:
+        step = rows // th
+        chunks = [(slice(i, i + step), slice(0, th)) for i in range(0, n, step)]
+    else:
+        chunks = [(slice(i, i + 1), slice(r, min(r + rows, th))) for i in range(n) for r in range(0, th, rows)]
+    for imgs, trows in chunks:
+        tiles = xp[imgs, 2 * trows.start : 2 * trows.stop + 2].unfold(1, 4, 2).unfold(2, 4, 2)  # n', r, tw, C, 4, 4
+        t = tiles.shape[0] * tiles.shape[1] * tw
+        v = (bt @ tiles.permute(4, 5, 0, 1, 2, 3).reshape(16, t * c)).view(16, t, c)
+        m = torch.bmm(v, u)  # 16, t, K
+        del v
+        y = (at @ m.view(16, t * k)).view(2, 2, tiles.shape[0], tiles.shape[1], tw, k).permute(2, 3, 0, 4, 1, 5)
+        del m
+        dst = out[imgs, trows]
+        if res6 is not None:
+            torch.add(y, res6[imgs, trows], out=dst)
+        else:
+            dst.copy_(y)
+        if bias is not None:
+            dst.add_(bias)
+        if relu and (residual is None or res6 is not None):
+            dst.clamp_(min=0)  # while the chunk is in cache
+    out = out.view(n, 2 * th, 2 * tw, k).permute(0, 3, 1, 2)
+    if (2 * th, 2 * tw) != (h, w):
+        out = out[..., :h, :w].contiguous(memory_format=torch.channels_last)
+    if residual is not None and res6 is None:
+        out.add_(residual)
+        if relu:
+            out.clamp_(min=0)
+    return out

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .resnet import RESNET34_LAYERS, RESNET34_WIDTHS, make_stage
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "fold_batchnorm",
     "fast_inference_model",
     "fast_path_applies",
+    "FAST_DTYPES",
 ]
 
 #: ImageNet statistics the baseline normalises RGB images in ``[0, 1]`` with.
@@ -319,31 +321,38 @@ def fold_batchnorm(model: LinkNet34, *, inplace: bool = False) -> LinkNet34:
 # --------------------------------------------------------------------------
 # The exact fused CPU inference path.
 #
-# Why (benchmarks/video.py, 2 cores): LinkNet34 at 256x256 spends its time in
-# many small layers. Run module by module it makes ~150 passes over feature
-# maps (BatchNorm, ReLU, additions, each a separate parallel region), oneDNN
-# reorders every weight on every call, PyTorch's transposed convolutions take a
-# slow generic path, and the full-resolution head (finaldeconv1 -> 257x257,
-# finalconv2, a 1-channel finalconv3) costs as much as a third of the encoder.
-# Here, with the same arithmetic up to float rounding:
+# Why (benchmarks/video.py, benchmarks/cpu.py, 2 cores): LinkNet34 at 256x256
+# spends its time in many small layers. Run module by module it makes ~150
+# passes over feature maps (BatchNorm, ReLU, additions, each a separate parallel
+# region), oneDNN reorders every weight on every call, and PyTorch's transposed
+# convolutions take a slow generic path (the head's 3x3 stride-2 one runs at
+# 6 GFLOP/s). Here, with the same arithmetic up to float rounding:
 #
-# * BatchNorm is folded into each convolution (in float64, then float32);
+# * BatchNorm is folded into each convolution (in float64, then the weights' dtype);
 # * each convolution runs as one oneDNN primitive with its ReLU fused, and the
 #   residual addition plus ReLU fused into every block's second convolution;
 # * weights are reordered once into oneDNN's blocked layout and kept;
+# * in float32, the stride-1 3x3 layers of 128 channels and more (encoder2 to
+#   encoder4, 23 of the 36 3x3 layers) run as Winograd F(2x2, 3x3) with the
+#   kernels transformed once (kernels.winograd_f2_conv3x3): 2.25x fewer
+#   multiplications, 1.1x-1.45x faster per layer, error at direct fp32 rounding.
+#   encoder1's 64-channel layers stay direct (Winograd measured 0.7x-0.8x there);
 # * the decoders' 4x4 stride-2 transposed convolutions run as oneDNN
 #   deconvolutions with the ReLU fused;
-# * the head runs in space-to-depth form: a stride-2 transposed convolution
-#   is four ordinary convolutions, one per output phase (even/odd row and
-#   column), so finaldeconv1, finalconv2 and finalconv3 become three 2x2
-#   convolutions over a 129x129 map of 4 x 32 channels (zero taps where a
-#   phase has no input), and a final pixel shuffle interleaves the four phases
-#   of the logit map. More multiply-adds (3.3 instead of 1.8 GFLOP) but no
-#   full-resolution copies and 128-channel convolutions oneDNN runs near peak.
+# * finaldeconv1 (3x3, stride 2) runs as four ordinary convolutions, one per
+#   output phase (even/odd row and column) with only the taps that phase meets
+#   (2x2, 2x1, 1x2, 1x1: the transposed convolution's own 9 taps per input
+#   pixel), written interleaved into the 257x257 map; finalconv2 runs on it
+#   directly; finalconv3 (32 -> 1 channel, which oneDNN runs at a few GFLOP/s)
+#   is one matrix product to its four taps and four shifted additions.
+#   Measured against the earlier space-to-depth head (three 2x2 convolutions
+#   over 4 x 32 channels, 3.3 instead of 1.8 GFLOP): 16 against 24 ms on one core.
 #
-# The package's Winograd kernels (kernels.py) were measured on these layers and
-# do not pay: the encoder's maps are 64x64 to 8x8, too few tiles for the
-# transforms' cost (benchmarks/video.py --layers).
+# In bfloat16 (weights converted once, PRECISION=bf16 on CPUs with native
+# bfloat16) the same path runs with every convolution on oneDNN in bfloat16
+# (no Winograd: its transforms need float32) and the final sums in float32.
+# The package's F(4x4, 3x3) kernel (kernels.winograd_conv3x3) does not pay on
+# these maps: 8x8 to 64x64 are too few 4x4 tiles for its transforms.
 
 
 def fast_inference_model(model: LinkNet34) -> LinkNet34:
@@ -351,9 +360,9 @@ def fast_inference_model(model: LinkNet34) -> LinkNet34:
 
     The returned model has BatchNorm folded (:func:`fold_batchnorm`), weights
     in channels-last layout and ``fast_inference`` on: with autograd off,
-    in eval mode, in float32 on the CPU its forward takes the fused path; in
-    every other case (training, autograd, autocast, another dtype or device,
-    forward hooks) it runs module by module, folded.
+    in eval mode, in float32 or bfloat16 on the CPU its forward takes the fused
+    path; in every other case (training, autograd, autocast, another dtype or
+    device, forward hooks) it runs module by module, folded.
 
     Args:
         model: A :class:`LinkNet34` with weights loaded (any BatchNorm state).
@@ -383,12 +392,16 @@ def _fused_ops_available() -> bool:
         return False
 
 
+#: The dtypes the fused path runs in: float32 (exact) and bfloat16 (PRECISION=bf16).
+FAST_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def fast_path_applies(model: LinkNet34, x: torch.Tensor) -> bool:
     """Whether :meth:`LinkNet34.forward` takes the fused path for ``x``.
 
-    Only for inference in float32 on the CPU: autograd, training mode,
-    autocast and forward hooks (feature taps) all need the module-by-module
-    path.
+    Only for inference on the CPU in float32 or bfloat16 (input and weights
+    alike): autograd, training mode, autocast and forward hooks (feature taps)
+    all need the module-by-module path.
     """
     w = model.firstconv.weight
     return (
@@ -396,8 +409,8 @@ def fast_path_applies(model: LinkNet34, x: torch.Tensor) -> bool:
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and w.device.type == "cpu"
-        and x.dtype == torch.float32
-        and w.dtype == torch.float32
+        and x.dtype in FAST_DTYPES
+        and w.dtype == x.dtype
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # torch.compile traces the module path
@@ -407,12 +420,19 @@ def fast_path_applies(model: LinkNet34, x: torch.Tensor) -> bool:
 
 
 class _Conv(NamedTuple):
-    """One convolution of the fused path: weight (packed), bias, geometry."""
+    """One oneDNN convolution of the fused path: weight (packed), bias, geometry."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     padding: list[int]
     stride: list[int]
+
+
+class _Wino(NamedTuple):
+    """One stride-1 3x3 convolution as Winograd F(2x2, 3x3): transformed weight ``(16, C, K)``, bias."""
+
+    u: torch.Tensor
+    bias: torch.Tensor
 
 
 def _sources(conv: nn.Module, bn: nn.Module | None) -> list[torch.Tensor]:
@@ -422,8 +442,18 @@ def _sources(conv: nn.Module, bn: nn.Module | None) -> list[torch.Tensor]:
     return ts
 
 
+def _winograd_pays(conv: nn.Module, w: torch.Tensor) -> bool:
+    """Whether a layer runs as F(2x2, 3x3) in float32: stride 1, padding 1, 3x3, wide enough."""
+    return (
+        tuple(conv.stride) == (1, 1)
+        and tuple(conv.padding) == (1, 1)
+        and tuple(w.shape[2:]) == (3, 3)
+        and w.shape[0] * w.shape[1] >= kernels.WINOGRAD_F2_MIN_CHANNEL_PRODUCT
+    )
+
+
 def _pack(w: torch.Tensor, b: torch.Tensor, padding, stride, input_hw: tuple[int, int]) -> _Conv:
-    """Reorder a float32 weight once into oneDNN's blocked layout for ``input_hw``.
+    """Reorder a weight once into oneDNN's blocked layout for ``input_hw``.
 
     The layout is chosen for that input size; other sizes and batches still
     compute correctly with it (oneDNN converts as needed).
@@ -435,59 +465,12 @@ def _pack(w: torch.Tensor, b: torch.Tensor, padding, stride, input_hw: tuple[int
     return _Conv(packed, b.contiguous(), list(padding), list(stride))
 
 
-def _head_phase_weights(model: LinkNet34):
-    """finaldeconv1, finalconv2 and finalconv3 as 2x2 convolutions in space-to-depth form.
-
-    A map ``U`` of twice the size is held as ``Z[p, q, a, b] = U[2p + a, 2q + b]``
-    with the four phases ``(a, b)`` as channel blocks ``(a, b, c)``.
-
-    * finaldeconv1 (3x3, stride 2, no padding): ``U[o] = sum_i x[i] w[o - 2i]``,
-      so phase ``a`` at ``p`` takes ``x[p + d - 1]`` (``d`` in {0, 1}, input
-      padded by one) with kernel index ``a + 2 - 2d`` where that is in 0..2.
-    * finalconv2 (3x3, no padding): output row ``2p + a`` sums ``U`` rows
-      ``2p + a + i``, that is phase ``(a + i) % 2`` at ``p + (a + i) // 2``.
-    * finalconv3 (2x2, padding 1): output row ``2p + a`` sums rows
-      ``2p + a + i - 1`` of its input; output channels are ordered ``(k, a, b)``
-      so that ``pixel_shuffle`` interleaves them.
-
-    Returns float64 ``(weight, bias)`` pairs for the three layers.
-    """
-    w1, b1 = (t.double() for t in _fold_pair(model.finaldeconv1, None))  # (64, 32, 3, 3)
-    cin, c = w1.shape[:2]
-    z1 = torch.zeros(2, 2, c, cin, 2, 2, dtype=torch.float64, device=w1.device)
-    for a in range(2):
-        for d in range(2):
-            kh = a + 2 - 2 * d
-            if kh > 2:
-                continue
-            for b in range(2):
-                for e in range(2):
-                    kw = b + 2 - 2 * e
-                    if kw > 2:
-                        continue
-                    z1[a, b, :, :, d, e] = w1[:, :, kh, kw].t()
-    w2, b2 = (t.double() for t in _fold_pair(model.finalconv2, None))  # (32, 32, 3, 3)
-    z2 = torch.zeros(2, 2, c, 2, 2, c, 2, 2, dtype=torch.float64, device=w1.device)
-    for a in range(2):
-        for i in range(3):
-            for b in range(2):
-                for j in range(3):
-                    z2[a, b, :, (a + i) % 2, (b + j) % 2, :, (a + i) // 2, (b + j) // 2] += w2[:, :, i, j]
-    w3, b3 = (t.double() for t in _fold_pair(model.finalconv3, None))  # (K, 32, 2, 2)
-    k = w3.shape[0]
-    z3 = torch.zeros(k, 2, 2, 2, 2, c, 2, 2, dtype=torch.float64, device=w1.device)
-    for a in range(2):
-        for i in range(2):
-            m = a + i - 1  # -1, 0 or 1: a row of the input's phase m % 2 at p + m // 2
-            for b in range(2):
-                for j in range(2):
-                    n = b + j - 1
-                    z3[:, a, b, m % 2, n % 2, :, m // 2 + 1, n // 2 + 1] += w3[:, :, i, j]
-    return (
-        (z1.reshape(4 * c, cin, 2, 2), b1.repeat(4)),
-        (z2.reshape(4 * c, 4 * c, 2, 2), b2.repeat(4)),
-        (z3.reshape(4 * k, 4 * c, 2, 2), b3.repeat_interleave(4)),
-    )
+#: finaldeconv1 (3x3, stride 2, no padding) as convolutions per output phase:
+#: ``U[o] = b + sum_i x[i] w[o - 2i]``, so output rows ``2p`` take kernel rows 2
+#: and 0 from input rows ``p - 1`` and ``p`` (a 2-tap convolution over the input
+#: padded by one: 129 rows from 128), rows ``2p + 1`` kernel row 1 from row ``p``
+#: (1 tap, no padding: 128 rows). Phase -> (kernel taps in correlation order, padding).
+_HEAD_PHASE_TAPS = {0: ([2, 0], 1), 1: ([1], 0)}
 
 
 class _FastPlan:
@@ -500,16 +483,19 @@ class _FastPlan:
 
     def __init__(self, model: LinkNet34, input_hw: tuple[int, int]) -> None:
         h, w = input_hw
+        winograd = model.firstconv.weight.dtype == torch.float32
 
-        def conv(c: nn.Module, bn: nn.Module | None, hw) -> _Conv:
+        def conv(c: nn.Module, bn: nn.Module | None, hw) -> _Conv | _Wino:
             wt, bias = _fold_pair(c, bn)
+            if winograd and _winograd_pays(c, wt):
+                return _Wino(kernels.winograd_f2_weights(wt), bias)
             return _pack(wt, bias, c.padding, c.stride, hw)
 
         self.stem = conv(model.firstconv, model.firstbn, (h, w))
-        self.blocks: list[tuple[_Conv, _Conv, _Conv | None]] = []
+        self.blocks: list[tuple[_Conv | _Wino, _Conv | _Wino, _Conv | None]] = []
         hw = (h // 4, w // 4)
         for i in range(1, 5):
-            for j, block in enumerate(getattr(model, f"encoder{i}")):
+            for block in getattr(model, f"encoder{i}"):
                 out_hw = hw if block.stride == 1 else ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
                 ds = None
                 if block.downsample is not None:
@@ -529,13 +515,24 @@ class _FastPlan:
                 )
             )
             hw = up
-        (w1, b1), (w2, b2), (w3, b3) = _head_phase_weights(model)
-        f32 = torch.float32
-        self.head1 = _pack(w1.to(f32), b1.to(f32), (1, 1), (1, 1), hw)
-        self.head2 = _pack(w2.to(f32), b2.to(f32), (0, 0), (1, 1), (hw[0] + 1, hw[1] + 1))
-        self.head3 = _pack(w3.to(f32), b3.to(f32), (1, 1), (1, 1), hw)
-        self.head_channels = int(model.finalconv2.out_channels)
+        self._plan_head(model, hw)
         self._sources = [(weakref.ref(t), t.data_ptr(), t._version) for t in _all_sources(model)]
+
+    def _plan_head(self, model: LinkNet34, hw: tuple[int, int]) -> None:
+        wd, bd = _fold_pair(model.finaldeconv1, None)  # (64, 32, 3, 3): (in, out, kh, kw)
+        self.head_channels = int(wd.shape[1])
+        self.head_phases = []
+        for a in (0, 1):
+            for b in (0, 1):
+                (rows, pad_r), (cols, pad_c) = _HEAD_PHASE_TAPS[a], _HEAD_PHASE_TAPS[b]
+                wp = wd[:, :, rows][:, :, :, cols].transpose(0, 1)  # (out, in, taps, taps)
+                self.head_phases.append(((a, b), _pack(wp, bd, (pad_r, pad_c), (1, 1), hw)))
+        w2, b2 = _fold_pair(model.finalconv2, None)
+        self.head_conv2 = _pack(w2, b2, (0, 0), (1, 1), (2 * hw[0] + 1, 2 * hw[1] + 1))
+        w3, b3 = _fold_pair(model.finalconv3, None)  # (K, 32, 2, 2)
+        # finalconv3 as one product to its 4 taps: columns ordered (i, j, k).
+        self.head_w3 = w3.permute(1, 2, 3, 0).reshape(w3.shape[1], -1).contiguous()
+        self.head_b3 = b3.float()
 
     def valid(self, model: LinkNet34) -> bool:
         now = _all_sources(model)
@@ -564,15 +561,39 @@ def _plan(model: LinkNet34, x: torch.Tensor) -> _FastPlan:
         return plan
 
 
-def _conv(x: torch.Tensor, c: _Conv, attr: str = "relu") -> torch.Tensor:
+def _conv(x: torch.Tensor, c: _Conv | _Wino, attr: str = "relu") -> torch.Tensor:
+    if isinstance(c, _Wino):
+        return kernels.winograd_f2_conv3x3(x, c.u, c.bias, relu=attr == "relu")
     return torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, attr, [], None)
 
 
-def _conv_add_relu(x: torch.Tensor, other: torch.Tensor, c: _Conv) -> torch.Tensor:
+def _conv_add_relu(x: torch.Tensor, other: torch.Tensor, c: _Conv | _Wino) -> torch.Tensor:
     # relu(conv(x) + other): the residual addition of a BasicBlock, fused.
+    if isinstance(c, _Wino):
+        return kernels.winograd_f2_conv3x3(x, c.u, c.bias, residual=other)
     return torch.ops.mkldnn._convolution_pointwise.binary(
         x, other, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, "add", None, "relu", [], None
     )
+
+
+def _head(plan: _FastPlan, d: torch.Tensor) -> torch.Tensor:
+    """finaldeconv1 + ReLU, finalconv2 + ReLU, finalconv3 on decoder1's output ``d`` (see above)."""
+    n, _, h, w = d.shape
+    u = torch.empty((n, 2 * h + 1, 2 * w + 1, plan.head_channels), dtype=d.dtype)
+    for (a, b), c in plan.head_phases:
+        u[:, a::2, b::2] = _conv(d, c).permute(0, 2, 3, 1)
+    y = _conv(u.permute(0, 3, 1, 2), plan.head_conv2)  # (n, 32, 2h - 1, 2w - 1), channels-last
+    hy, wy = y.shape[2:]
+    k = plan.head_b3.numel()
+    # finalconv3 (2x2, padding 1): out[r, s] = b + sum_ij W_ij y[r + i - 1, s + j - 1],
+    # the four tap products in one matrix product, summed in float32.
+    t = torch.mm(y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]), plan.head_w3).float().view(n, hy, wy, 2, 2, k)
+    out = plan.head_b3.expand(n, hy + 1, wy + 1, k).clone()
+    out[:, 1:, 1:] += t[:, :, :, 0, 0]
+    out[:, 1:, :wy] += t[:, :, :, 0, 1]
+    out[:, :hy, 1:] += t[:, :, :, 1, 0]
+    out[:, :hy, :wy] += t[:, :, :, 1, 1]
+    return out.to(d.dtype).permute(0, 3, 1, 2).contiguous()
 
 
 def _fast_forward(model: LinkNet34, x: torch.Tensor) -> torch.Tensor:
@@ -597,14 +618,4 @@ def _fast_forward(model: LinkNet34, x: torch.Tensor) -> torch.Tensor:
         )
         y = _conv(y, c3)
         d = y.add_(skip) if skip is not None else y
-    # The head in space-to-depth form (_head_phase_weights).
-    n, _, h, w = d.shape
-    c = plan.head_channels
-    z = _conv(d, plan.head1)  # finaldeconv1 + ReLU: (n, 4c, h + 1, w + 1)
-    y = _conv(z, plan.head2)  # finalconv2 + ReLU: (n, 4c, h, w)
-    # finalconv2's true output has 2h - 1 rows and columns; the last odd row and
-    # column stand where finalconv3's zero padding belongs.
-    y[:, 2 * c :, h - 1, :] = 0
-    y.view(n, 2, 2, c, h, w)[:, :, 1, :, :, w - 1] = 0
-    out = _conv(y, plan.head3, "none")[:, :, :h, :w]  # finalconv3: (n, 4k, h, w)
-    return F.pixel_shuffle(out, 2).contiguous()
+    return _head(plan, d)
