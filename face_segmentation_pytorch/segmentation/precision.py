@@ -9,6 +9,10 @@
 - ``fp16``, ``bf16``: weights and activations in that type (channels-last).
   ``fp16`` needs CUDA (CPU kernels for it are slow emulation); ``bf16`` runs on CUDA
   and on CPUs with native bfloat16 (AVX-512 BF16 or AMX), otherwise it is refused.
+  Native means the instructions: oneDNN also runs bfloat16 on any AVX-512 CPU
+  (and ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` says yes there), by
+  converting to float32 and back around float32 arithmetic, which is slower
+  than float32 and less exact, so such CPUs are refused too.
 """
 
 from __future__ import annotations
@@ -24,11 +28,32 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _cpu_has_native_bf16() -> bool:
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # older torch builds without the query
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 products in hardware: AVX-512 BF16 or AMX.
+
+    torch's own queries first (``torch.cpu``, from cpuinfo), the kernel's flags
+    where a torch lacks them.
+    """
+    if not torch.backends.mkldnn.is_available():
         return False
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the queries
+        flags = _cpu_flags()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -52,7 +77,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision == "bf16" and not _cpu_has_native_bf16():
         raise ValueError(
             "precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX), which this one "
-            "lacks; use fp32"
+            "lacks (bfloat16 would be emulated, slower than fp32); use fp32"
         )
 
 
