@@ -60,7 +60,8 @@ def assert_mask_matches(saved: np.ndarray, strokes: list[tuple[np.ndarray, float
         unsure |= np.abs(dist - radius) <= band
     wrong = (saved != expected) & ~unsure
     assert not wrong.any(), f"{int(wrong.sum())} pixels differ away from the edges, e.g. {np.argwhere(wrong)[:5].tolist()}"
-    assert (saved == expected).mean() > 0.97
+    # The band hides a radius off by a pixel; the area does not (the page draws without anti-aliasing).
+    assert abs(int(saved.sum()) - int(expected.sum())) <= 0.03 * expected.sum(), (saved.sum(), expected.sum())
 
 
 def saved_mask(project: Path, frame: int) -> np.ndarray:

@@ -139,7 +139,13 @@ class VideoFrames(FrameSource):
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        import av
+        try:
+            import av
+        except ImportError:
+            raise ConfigError(
+                f"SOURCE={path}: reading a video needs PyAV: pip install 'face_segmentation_pytorch[video]' "
+                "(or give a folder of images)"
+            ) from None
 
         self.path = path
         try:
