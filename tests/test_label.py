@@ -493,10 +493,20 @@ def test_mistakes_are_one_line_exit_2(tmp_path, clip, start_weights, args, messa
     assert not (tmp_path / "p").exists() or "cannot run" in message  # a mistake leaves no project behind
 
 
-def test_a_project_keeps_its_source(tmp_path, clip, start_weights):
+def test_a_project_is_open_in_one_command_at_a_time_and_keeps_its_source(tmp_path, clip, start_weights):
     project = tmp_path / "p"
     server = LabelProcess(f"PROJECT={project}", f"SOURCE={clip}", f"WEIGHTS_FILE={start_weights}", "INPUT_SIZE=64")
-    server.stop()
+    try:
+        for extra in ([], ["APPLY=true"]):
+            r = run_label(f"PROJECT={project}", *extra)
+            assert r.returncode == 2
+            assert r.stderr.strip() == (
+                f"error: PROJECT={project} is open in another label command (pid {server.proc.pid}); use its page "
+                "(Apply is there too), stop it, or give another PROJECT"
+            )
+        assert not (project / "apply" / "start").exists()
+    finally:
+        server.stop()
     other = tmp_path / "other.mp4"
     write_video(other, scene(5, seed=9)[0])
     r = run_label(f"PROJECT={project}", f"SOURCE={other}")

@@ -166,6 +166,7 @@ def _open(cfg: dict, remembered: dict):
             f"SOURCE={cfg['SOURCE']} has {frames.count} frames now but had {known} when PROJECT={project.root} "
             "was labelled: its labels may be other frames; use a new PROJECT"
         )
+    project.lock()  # before the repair: it removes what a crash left, never another server's files
     for note in project.repair(frames.count):
         print(f"{PROG}: {note}", file=sys.stderr)
     project.update_state(settings={k: cfg[k] for k in REMEMBERED}, frames=frames.count)

@@ -149,6 +149,36 @@ class Project:
                 ) from None
             folder.mkdir(parents=True, exist_ok=True)
 
+    # ------------------------------------------------------------------ one server at a time
+
+    def lock(self) -> None:
+        """Hold the project for this process (released when it exits): two label commands on one
+        project would start rounds, write labels and clean up over each other.
+
+        Raises:
+            ConfigError: Another label server holds it.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        path = self.tmp / "server.lock"
+        self._lock_file = open(path, "a+")  # noqa: SIM115 - held open for the process's life
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.seek(0)
+            who = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            raise ConfigError(
+                f"PROJECT={self.root} is open in another label command ({who}); use its page (Apply is there "
+                "too), stop it, or give another PROJECT"
+            ) from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"pid {os.getpid()}")
+        self._lock_file.flush()
+
     # ------------------------------------------------------------------ paths
 
     def inside(self, path: Path) -> Path:
@@ -241,8 +271,9 @@ class Project:
             return np.asarray(im.convert("L")) > 0
 
     def repair(self, frame_count: int) -> list[str]:
-        """Remove what a crash can leave: images without masks, masks of frames the source lacks,
-        stray temporary files. Returns lines saying what was removed."""
+        """Remove what a crash can leave: images without masks, stray temporary files and
+        unfinished applications; note labels of frames the source lacks. Call it holding
+        :meth:`lock`. Returns lines saying what was done."""
         notes = []
         for p in sorted(self.images.glob("*.png")):
             if not (self.masks / p.name).exists():
@@ -255,6 +286,8 @@ class Project:
                 )
         for p in self.tmp.glob("*.partial"):
             p.unlink()
+        for p in [*self.tmp.glob("*.old"), *self.tmp.glob("apply-*")]:
+            shutil.rmtree(p, ignore_errors=True)
         return notes
 
     def labels_fingerprint(self) -> str:

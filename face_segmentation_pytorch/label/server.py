@@ -23,6 +23,7 @@ import mimetypes
 import re
 import socket
 import socketserver
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -197,6 +198,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, str(e))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as e:  # noqa: BLE001 - a bug must not take the page down; the terminal gets the trace
+            traceback.print_exc()
+            self.close_connection = True
+            try:
+                self._error(500, f"internal error: {type(e).__name__}: {e}")
+            except OSError:
+                pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 

@@ -259,7 +259,7 @@
   }
 
   function goTo(i) {
-    if (!S.state) return;
+    if (!S.state || !Number.isInteger(i)) return;
     i = Math.max(0, Math.min(S.state.frames - 1, i));
     if (i === S.frame) return;
     if (S.dirty && !window.confirm(`Frame ${S.frame} has unsaved changes. Discard them?`)) return;
