@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, FaceSegmentationError
+from ..errors import ConfigError
 from . import suggest
-from .frames import FrameError, FrameSource
+from .frames import FrameSource
 from .project import Project
 
 __all__ = ["ModelInfo", "Predictor", "Scanner"]
@@ -214,7 +214,7 @@ class Scanner:
                 scanned.append(i)
                 with self._lock:
                     self.progress["done"] += 1
-        except (FrameError, FaceSegmentationError, IndexError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever stops it, the page says so (and it is not retried)
             with self._lock:
                 self.progress.update(state="failed", error=str(e))
             return

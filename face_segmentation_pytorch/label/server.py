@@ -196,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, str(e))
         except FaceSegmentationError as e:  # the model cannot be loaded, a weights file is broken
             self._error(500, str(e))
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the client left or stalled
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug must not take the page down; the terminal gets the trace
             traceback.print_exc()
