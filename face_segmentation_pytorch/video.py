@@ -22,10 +22,15 @@ import threading
 import time
 from pathlib import Path
 
-# Only names the batch command exports (its __all__): its helpers are being moved.
-from .cli import KEYS as _BATCH_KEYS
-from .cli import check_precision_keys, make_segmenter
 from .errors import EXIT_STATUSES, ConfigError, run_command
+
+# The batch job's shared pieces (keys, segmenter, device) come from the layer below
+# the commands: commands do not import each other (tests/test_import_graph.py).
+from .jobs.folder import check_precision_keys, make_segmenter
+from .jobs.folder import first_line as _first_line
+from .jobs.folder import plural as _plural
+from .jobs.folder import resolve_device as _resolve_device
+from .jobs.settings import KEYS as _BATCH_KEYS
 from .keys import Key, is_number, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
@@ -35,33 +40,6 @@ __all__ = ["main", "parse_args", "run", "KEYS"]
 _AUTO = "auto"
 PROG = "face_segmentation_pytorch.video"
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _resolve_device(name: str | None):
-    """``DEVICE`` as a torch device, or one line saying what is wrong with it."""
-    import torch
-
-    from .pipeline.segmenter import resolve_device
-
-    try:
-        device = resolve_device(name)
-    except RuntimeError:
-        raise ConfigError(f"DEVICE={name!r} is invalid: expected cpu, cuda or cuda:N") from None
-    except ValueError as e:
-        raise ConfigError(f"DEVICE={name}: {e}") from None
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"DEVICE={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"DEVICE={name!r} is not supported: use cpu or cuda")
-    return device
 
 KEYS: dict[str, Key] = {
     "SOURCE": Key(
