@@ -531,7 +531,8 @@ def _run(cfg, device, source, out, encoding, created) -> int:
         + (f"; wrote {written} ({held})" if written else "")
         + (f"; {_plural(masks.count, 'mask')} written in {cfg['MASKS_DIR']}" if masks is not None else "")
         + (f", {masks.kept} already there kept (OVERWRITE=true redoes them)" if masks is not None and masks.kept else "")
-        + (f"; {len(source.skipped)} unreadable frames skipped" if source.skipped else "")
+        + (f"; {len(source.skipped)} unreadable frames skipped" if source.skipped and source.kind == "images" else "")
+        + ("; the source could not be read whole (above)" if source.skipped and source.kind != "images" else "")
     )
     print(summary, file=sys.stderr)
     if interrupted:

@@ -226,6 +226,20 @@ def test_frame_count_is_the_files_own(tmp_path, blank_weights, capsys):
     assert len(probe(out).times) == 21
 
 
+def test_a_file_cut_short_is_said_and_its_frames_kept(tmp_path, blank_weights, capsys):
+    whole = make_clip(tmp_path / "whole.mkv", size=(160, 120), n=40, sound=None)
+    cut = tmp_path / "cut.mkv"  # a download that stopped half-way: Matroska still opens
+    cut.write_bytes(whole.path.read_bytes()[: whole.path.stat().st_size // 2])
+    with av.open(str(cut)) as c:
+        readable = len(list(c.decode(video=0)))
+    assert 5 < readable < 40
+    out = tmp_path / "faces.mp4"
+    rc, err = run([f"SOURCE={cut}", f"OUT={out}"], blank_weights, capsys)
+    assert rc == 1, err  # not all of the source: not a silent success
+    assert "cut short?" in err and "its header says 1.3 s" in err and "could not be read whole" in err
+    assert len(probe(out).times) == readable
+
+
 def test_codec_and_crf_choose_the_encoder_and_quality(tmp_path, blank_weights, capsys):
     clip = make_clip(tmp_path / "talk.mp4", n=6, sound=None)
     sizes = {}

@@ -281,6 +281,7 @@ class FileSource(VideoSource):
             except StopIteration:
                 self._decode(None)  # the frames the decoder still holds
                 self._ended = True
+                self._check_length()
                 return
             except self._av.error.FFmpegError as e:
                 self.skipped.append((self.path, f"reading stopped after {self._index} frames ({av_error(e)})"))
@@ -288,6 +289,30 @@ class FileSource(VideoSource):
                 self._ended = True
                 return
             self._decode(packet)
+
+    def _declared_s(self) -> float | None:
+        """The video stream's own length as its header states it (Matroska: the DURATION tag)."""
+        s = self.stream
+        if s.duration and s.time_base:
+            return float(s.duration * s.time_base)
+        m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", s.metadata.get("DURATION", "").strip())
+        return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
+
+    def _check_length(self) -> None:
+        # A file cut short (a broken download) ends without an error in some containers:
+        # say so when its frames stop well before the length its header states.
+        declared = self._declared_s()
+        if declared is None or self._last_pts is None or self._retime is not None:
+            return
+        start = float((self.stream.start_time or 0) * self.time_base)
+        reached = float(self._last_pts * self.time_base) - start
+        # Beyond three frames and 2 %: headers count the last frame's duration, edit lists shift a little.
+        if declared - reached > max(3 / (self.fps or DEFAULT_FPS), 0.02 * declared):
+            self.skipped.append((
+                self.path,
+                f"the file ends at {reached:.1f} s but its header says {declared:.1f} s: cut short? "
+                f"(the {self._index} frames there were processed)",
+            ))
 
     def _next(self) -> SourceFrame | None:
         self._fill()
