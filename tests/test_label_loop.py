@@ -5,7 +5,8 @@ starts and the application the page starts raise the IoU on the held-out frames 
 the starting model's, which the one command (``APPLY=true``) measures first.
 
 Measured on 2 shared Xeon cores (2026-12): the starting model's mean IoU on the 34
-held-out frames is 0.605 (it covers the hand), the fine-tuned one's 0.908, after 16 epochs
+held-out frames is 0.605 (it covers the hand), the fine-tuned one's 0.90-0.91 (the label drawn
+in the browser differs by a pixel here and there between runs), after 16 epochs
 of 3 steps with the recipe's SGD at LR=0.1 (AdamW at 0.003: 0.914, but its larger last.pt
 makes each epoch slower). The test takes about 60 s (starting model 19 s, the first
 application 5 s, labels 5 s, fine-tune 23 s, the second application 6 s), up to 110 s
