@@ -132,8 +132,9 @@ def random_linknet(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = fsp.LinkNet34()
     torch.save(model.state_dict(), path)
-    seg = fsp.FaceSegmenter("linknet34_oneflow", weights_file=path, input_size=SIZE, threshold=None, device="cpu",
-                            progress=False)
+    seg = fsp.FaceSegmenter(
+        "linknet34_oneflow", weights_file=path, input_size=SIZE, threshold=None, device="cpu", progress=False
+    )
     p = np.clip(seg.segment(scene(1, seed=seed)[0][0]).pmap.astype(np.float64), 1e-6, 1 - 1e-6)
     logits = np.log(p / (1 - p))
     scale, centre = 2.0 / max(float(logits.std()), 1e-6), float(np.median(logits))
@@ -177,8 +178,17 @@ def train_start_model(folder: Path) -> Path:
     parts = [scene(8, seed=100 + s, hand=False) for s in range(4)]
     data = write_pairs(folder / "data", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     result = fsp.train(
-        data, folder / "run", weights="linknet34_oneflow", input_size=SIZE, epochs=6, batch_size=4,
-        val_fraction=0, optimizer="adamw", lr=2e-3, threads=1, progress=False,
+        data,
+        folder / "run",
+        weights="linknet34_oneflow",
+        input_size=SIZE,
+        epochs=6,
+        batch_size=4,
+        val_fraction=0,
+        optimizer="adamw",
+        lr=2e-3,
+        threads=1,
+        progress=False,
     )
     return result.best_path
 
@@ -194,7 +204,9 @@ class LabelProcess:
         self.args = [str(a) for a in args]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "face_segmentation_pytorch.label", *self.args, "PORT=0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env=dict(os.environ, **(env or {})),
         )
         self.lines = []
@@ -212,8 +224,9 @@ class LabelProcess:
         self.host, self.port = parts.hostname, parts.port
         self.token = urllib.parse.parse_qs(parts.query)["token"][0]
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                token: str | None = "auto") -> tuple[int, bytes, dict]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, token: str | None = "auto"
+    ) -> tuple[int, bytes, dict]:
         """``(status, body, headers)`` of one request; ``token=None`` sends none, ``"auto"`` the right one."""
         conn = HTTPConnection(self.host, self.port, timeout=60)
         h = dict(headers or {})
@@ -289,10 +302,12 @@ class Page:
         self.d.find_element("css selector", "header h1").click()  # focus back on the page, off the box
 
     def rect(self) -> tuple[float, float, float, float]:
-        return tuple(self.d.execute_script(
-            "const r = document.getElementById('mask-canvas').getBoundingClientRect();"
-            "return [r.left, r.top, r.width, r.height];"
-        ))
+        return tuple(
+            self.d.execute_script(
+                "const r = document.getElementById('mask-canvas').getBoundingClientRect();"
+                "return [r.left, r.top, r.width, r.height];"
+            )
+        )
 
     def drag(self, points: list[tuple[float, float]], size: tuple[int, int]) -> list[tuple[float, float]]:
         """Press, move through ``points`` (image pixels), release; returns the points as the page
@@ -317,8 +332,9 @@ class Page:
     def save(self) -> None:
         before = int(self.d.execute_script("return parseInt(document.body.dataset.saves || '0', 10)"))
         self.click("save")
-        self.wait.until(lambda d: int(d.execute_script("return parseInt(document.body.dataset.saves || '0', 10)"))
-                        == before + 1)
+        self.wait.until(
+            lambda d: int(d.execute_script("return parseInt(document.body.dataset.saves || '0', 10)")) == before + 1
+        )
 
     def shown_mask(self) -> np.ndarray:
         """What the page draws as mask now: the overlay canvas's non-transparent pixels."""

@@ -61,8 +61,9 @@ def decoded(clip) -> list[np.ndarray]:
 def server(tmp_path_factory, clip, start_weights):
     """One server for the request tests (they each leave the project as they found it, or say so)."""
     project = tmp_path_factory.mktemp("project")
-    p = LabelProcess(f"PROJECT={project}", f"SOURCE={clip}", f"WEIGHTS_FILE={start_weights}", "INPUT_SIZE=64",
-                     "START_FRAMES=4")
+    p = LabelProcess(
+        f"PROJECT={project}", f"SOURCE={clip}", f"WEIGHTS_FILE={start_weights}", "INPUT_SIZE=64", "START_FRAMES=4"
+    )
     p.project = project
     yield p
     p.stop()
@@ -75,7 +76,9 @@ def files_under(folder: Path) -> set[str]:
 def run_label(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "face_segmentation_pytorch.label", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -367,8 +370,9 @@ def test_suggestions_are_start_frames_then_the_least_sure(server, decoded, start
         state = wait_for(
             lambda: (s := server.json("GET", "/api/state")[1])["scan"]["state"] == "done" and s, 120, "the scan"
         )
-        seg = fsp.FaceSegmenter("linknet34_oneflow", weights_file=start_weights, input_size=64, threshold=None,
-                                device="cpu", progress=False)
+        seg = fsp.FaceSegmenter(
+            "linknet34_oneflow", weights_file=start_weights, input_size=64, threshold=None, device="cpu", progress=False
+        )
         expected = _expected_suggestions([seg.segment(f).pmap for f in decoded], {5, 25}, [5, 15, 25, 35])
         got = [(s["frame"], s["score"]) for s in state["suggestions"]]
         assert [f for f, _ in got] == [f for f, _ in expected]
@@ -381,8 +385,9 @@ def test_suggestions_are_start_frames_then_the_least_sure(server, decoded, start
 
 
 def test_each_frame_starts_from_the_models_probabilities(server, decoded, start_weights):
-    seg = fsp.FaceSegmenter("linknet34_oneflow", weights_file=start_weights, input_size=64, threshold=None,
-                            device="cpu", progress=False)
+    seg = fsp.FaceSegmenter(
+        "linknet34_oneflow", weights_file=start_weights, input_size=64, threshold=None, device="cpu", progress=False
+    )
     for i in (0, 21):
         status, data, _ = server.request("GET", f"/api/pmap/{i}.png")
         assert status == 200
@@ -403,8 +408,16 @@ def epoch_or_end(server: LabelProcess) -> dict | None:
 def test_ctrl_c_stops_the_fine_tune_with_last_pt_saved_and_train_resumes_it(tmp_path, clip, start_weights, decoded):
     h, w = decoded[0].shape[:2]
     project = tmp_path / "project"
-    args = (f"PROJECT={project}", f"SOURCE={clip}", f"WEIGHTS_FILE={start_weights}", "INPUT_SIZE=64",
-            "BATCH_SIZE=2", "THREADS=1", "OPTIMIZER=adamw", "LR=0.001")
+    args = (
+        f"PROJECT={project}",
+        f"SOURCE={clip}",
+        f"WEIGHTS_FILE={start_weights}",
+        "INPUT_SIZE=64",
+        "BATCH_SIZE=2",
+        "THREADS=1",
+        "OPTIMIZER=adamw",
+        "LR=0.001",
+    )
     server = LabelProcess(*args)
     try:
         _, faces, hands = scene(N, seed=1)
@@ -435,8 +448,11 @@ def test_ctrl_c_stops_the_fine_tune_with_last_pt_saved_and_train_resumes_it(tmp_
     try:
         status, job = server.json("POST", "/api/train", {"epochs": done + 2, "from": "start"})
         assert status == 200 and job["round"] == "round-001" and job["resumed"], job
-        final = wait_for(lambda: (j := server.json("GET", "/api/job")[1]["job"])["state"] != "running" and j, 180,
-                         "the resumed fine-tune")
+        final = wait_for(
+            lambda: (j := server.json("GET", "/api/job")[1]["job"])["state"] != "running" and j,
+            180,
+            "the resumed fine-tune",
+        )
         assert final["state"] == "done" and final["epochs_done"] == done + 2, final
     finally:
         rc, err = server.stop()
@@ -446,8 +462,9 @@ def test_ctrl_c_stops_the_fine_tune_with_last_pt_saved_and_train_resumes_it(tmp_
     lines = [json.loads(x) for x in (round_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == list(range(1, done + 3))
     # Its best.pt is what WEIGHTS_FILE runs everywhere, e.g. the batch API.
-    seg = fsp.FaceSegmenter("linknet34_oneflow", weights_file=round_dir / "best.pt", input_size=64, device="cpu",
-                            progress=False)
+    seg = fsp.FaceSegmenter(
+        "linknet34_oneflow", weights_file=round_dir / "best.pt", input_size=64, device="cpu", progress=False
+    )
     assert seg.segment(decoded[0]).mask.shape == (h, w)
 
 
@@ -459,8 +476,13 @@ def test_a_port_in_use_is_one_error_line_and_exit_2(tmp_path, clip, start_weight
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        r = run_label(f"PROJECT={tmp_path / 'p'}", f"SOURCE={clip}", f"WEIGHTS_FILE={start_weights}",
-                      "INPUT_SIZE=64", f"PORT={port}")
+        r = run_label(
+            f"PROJECT={tmp_path / 'p'}",
+            f"SOURCE={clip}",
+            f"WEIGHTS_FILE={start_weights}",
+            "INPUT_SIZE=64",
+            f"PORT={port}",
+        )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"error: PORT={port} on 127.0.0.1 is in use by another program; give another PORT, or PORT=0 for any free one"
@@ -477,7 +499,10 @@ def test_a_port_in_use_is_one_error_line_and_exit_2(tmp_path, clip, start_weight
         (["SOURCE={clip}", "PORT=70000"], "error: PORT=70000 is invalid: expected an integer from 0 to 65535"),
         (["SOURCE={clip}", "WEIGHTS_FILE={tmp}/none.pt"], "error: WEIGHTS_FILE={tmp}/none.pt: no such file"),
         (["SOURCE={clip}", "WEIGHTS=nope"], "error: WEIGHTS='nope' is unknown; choose one of:"),
-        (["SOURCE={clip}", "INPUT_SIZE=100", "WEIGHTS_FILE={weights}"], "error: cannot run starting weights start.pt: input_size=100"),
+        (
+            ["SOURCE={clip}", "INPUT_SIZE=100", "WEIGHTS_FILE={weights}"],
+            "error: cannot run starting weights start.pt: input_size=100",
+        ),
         (["SOURCE={clip}", "EPOCS=3"], "error: unknown key 'EPOCS'; did you mean EPOCHS?"),
     ],
 )

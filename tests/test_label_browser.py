@@ -59,7 +59,9 @@ def assert_mask_matches(saved: np.ndarray, strokes: list[tuple[np.ndarray, float
         expected[dist <= radius] = face
         unsure |= np.abs(dist - radius) <= band
     wrong = (saved != expected) & ~unsure
-    assert not wrong.any(), f"{int(wrong.sum())} pixels differ away from the edges, e.g. {np.argwhere(wrong)[:5].tolist()}"
+    assert not wrong.any(), (
+        f"{int(wrong.sum())} pixels differ away from the edges, e.g. {np.argwhere(wrong)[:5].tolist()}"
+    )
     # The band hides a radius off by a pixel; the area does not (the page draws without anti-aliasing).
     assert abs(int(saved.sum()) - int(expected.sum())) <= 0.03 * expected.sum(), (saved.sum(), expected.sum())
 
@@ -121,7 +123,9 @@ def test_brush_eraser_undo_redo_save_and_the_page_resumes_after_a_restart(driver
         server.stop()
 
 
-def test_a_frame_opens_with_the_models_mask_and_the_threshold_slider_rethresholds(driver, tmp_path, clip, start_weights):
+def test_a_frame_opens_with_the_models_mask_and_the_threshold_slider_rethresholds(
+    driver, tmp_path, clip, start_weights
+):
     from selenium.webdriver.common.keys import Keys
 
     project = tmp_path / "project"
@@ -130,8 +134,9 @@ def test_a_frame_opens_with_the_models_mask_and_the_threshold_slider_rethreshold
         page = Page(driver, server.url)
         page.go_to(20)
         page.save()  # untouched: the model's mask at the page's threshold
-        seg = fsp.FaceSegmenter("linknet34_oneflow", weights_file=start_weights, input_size=64, threshold=None,
-                                device="cpu", progress=False)
+        seg = fsp.FaceSegmenter(
+            "linknet34_oneflow", weights_file=start_weights, input_size=64, threshold=None, device="cpu", progress=False
+        )
         p = seg.segment(decode_video(clip)[20]).pmap
         for threshold in (0.5, 0.6):
             if threshold == 0.6:

@@ -101,12 +101,25 @@ def test_labels_from_the_page_a_fine_tune_and_an_application_raise_iou_far_above
     start = train_start_model(tmp_path / "start")
     took("starting model")
     project = tmp_path / "project"
-    keys = [f"PROJECT={project}", f"SOURCE={clip}", f"WEIGHTS_FILE={start}", "INPUT_SIZE=64", "START_FRAMES=6",
-            "EPOCHS=16", "BATCH_SIZE=2", "LR=0.1", "THREADS=1"]  # the recipe's SGD, a higher rate
+    keys = [
+        f"PROJECT={project}",
+        f"SOURCE={clip}",
+        f"WEIGHTS_FILE={start}",
+        "INPUT_SIZE=64",
+        "START_FRAMES=6",
+        "EPOCHS=16",
+        "BATCH_SIZE=2",
+        "LR=0.1",
+        "THREADS=1",
+    ]  # the recipe's SGD, a higher rate
 
     # The starting model over the whole clip: the one command, before any label.
-    r = subprocess.run([sys.executable, "-m", "face_segmentation_pytorch.label", *keys, "APPLY=true"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "face_segmentation_pytorch.label", *keys, "APPLY=true"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert f"masks in {project / 'apply' / 'start' / 'masks'}" in r.stderr
     before = read_masks(project / "apply" / "start" / "masks")
@@ -140,10 +153,12 @@ def test_labels_from_the_page_a_fine_tune_and_an_application_raise_iou_far_above
         page.go_to(27)
         page.wait.until(lambda d: "epoch 16/16" in page.text("job-info"))
         # The new model's least sure frames, with its masks in the preview strip.
-        page.wait.until(lambda d: d.execute_script(
-            "const imgs = [...document.querySelectorAll('#preview img')];"
-            "return imgs.length >= 3 && imgs.every((i) => i.complete && i.naturalWidth > 0);"
-        ))
+        page.wait.until(
+            lambda d: d.execute_script(
+                "const imgs = [...document.querySelectorAll('#preview img')];"
+                "return imgs.length >= 3 && imgs.every((i) => i.complete && i.naturalWidth > 0);"
+            )
+        )
         shot = tmp_path / "label_page.png"
         page.d.save_screenshot(str(shot))
         assert Image.open(shot).size[0] >= 1000
@@ -167,7 +182,9 @@ def test_labels_from_the_page_a_fine_tune_and_an_application_raise_iou_far_above
     assert start_iou < 0.72  # it paints the hand as face
     assert tuned_iou > 0.85
     assert tuned_iou - start_iou > 0.2
+
     # The starting model's error is the hand: it covers most of it; the tuned one little of it.
-    covered = lambda masks: np.mean([(masks[i] & hands[i] & faces[i]).sum() / (hands[i] & faces[i]).sum()  # noqa: E731
-                                     for i in held_out])
+    def covered(masks: list[np.ndarray]) -> float:
+        return float(np.mean([(masks[i] & hands[i] & faces[i]).sum() / (hands[i] & faces[i]).sum() for i in held_out]))
+
     assert covered(before) > 0.6 > 0.2 > covered(after)

@@ -45,8 +45,9 @@ def _value(v) -> str:
     return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def train_arguments(project: Project, settings: dict, out_dir: Path, init: str, epochs: int, batch: int,
-                    resume: bool) -> list[str]:
+def train_arguments(
+    project: Project, settings: dict, out_dir: Path, init: str, epochs: int, batch: int, resume: bool
+) -> list[str]:
     """The train command's ``KEY=VALUE`` arguments for one round."""
     size = settings["INPUT_SIZE"]
     args = [
@@ -309,13 +310,23 @@ class LabelApp:
                     init = str(start) if start is not None else "pretrained"
                 batch = min(int(self.settings["BATCH_SIZE"]), len(labels))
                 folder = self.project.new_round_folder()
-                info = {"init": init, "from": start_from, "labels": fingerprint, "label_count": len(labels),
-                        "batch_size": batch, "epochs": epochs}
+                info = {
+                    "init": init,
+                    "from": start_from,
+                    "labels": fingerprint,
+                    "label_count": len(labels),
+                    "batch_size": batch,
+                    "epochs": epochs,
+                }
             self.project.write_json(folder / "round.json", info)
             args = train_arguments(self.project, self.settings, folder, init, epochs, batch, resume)
             self.scanner.stop()
-            self.job = Job("train", python_command(TRAIN_MODULE, args), folder / "train.log",
-                           {"round": folder.name, "folder": str(folder), "epochs": epochs, "resumed": resume}).start()
+            self.job = Job(
+                "train",
+                python_command(TRAIN_MODULE, args),
+                folder / "train.log",
+                {"round": folder.name, "folder": str(folder), "epochs": epochs, "resumed": resume},
+            ).start()
             return self.job_status()
 
     def start_apply(self) -> dict:
@@ -341,8 +352,13 @@ class LabelApp:
                     shutil.rmtree(partial, ignore_errors=True)
 
             self.scanner.stop()
-            self.job = Job("apply", python_command(VIDEO_MODULE, args), self.project.apply_dir / f"{name}.log",
-                           {"name": name, "output": f"apply/{name}"}, on_exit=finish).start()
+            self.job = Job(
+                "apply",
+                python_command(VIDEO_MODULE, args),
+                self.project.apply_dir / f"{name}.log",
+                {"name": name, "output": f"apply/{name}"},
+                on_exit=finish,
+            ).start()
             return self.job_status()
 
     def stop_job(self) -> dict:

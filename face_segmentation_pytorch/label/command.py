@@ -39,11 +39,17 @@ KEYS: dict[str, Key] = {
         None, "start from the weights in this file (WEIGHTS' architecture); null: the published WEIGHTS"
     ),
     "MODEL_PARAMS_DIR": Key(None, "folder of the published weights; null: the cache folder"),
-    "INPUT_SIZE": Key(_AUTO, "network input side: auto (the weights'), an int (LinkNet34: a multiple of 32) or null (native)"),
-    "THRESHOLD": Key(0.5, "face probability above which the model's mask is face, in (0, 1): the page's starting threshold"),
+    "INPUT_SIZE": Key(
+        _AUTO, "network input side: auto (the weights'), an int (LinkNet34: a multiple of 32) or null (native)"
+    ),
+    "THRESHOLD": Key(
+        0.5, "face probability above which the model's mask is face, in (0, 1): the page's starting threshold"
+    ),
     "DEVICE": Key(None, "cpu, cuda or cuda:N for the page's masks and the fine-tune; null: cuda when available"),
     "START_FRAMES": Key(8, "evenly spaced frames suggested first"),
-    "SCAN_FRAMES": Key(300, "frames the current model scores to find the least sure ones (evenly spaced; all if fewer)"),
+    "SCAN_FRAMES": Key(
+        300, "frames the current model scores to find the least sure ones (evenly spaced; all if fewer)"
+    ),
     "EPOCHS": Key(20, "fine-tune: passes over the labels (the page can change it)"),
     "BATCH_SIZE": Key(4, "fine-tune: images per step (at most the number of labels)"),
     "LR": Key(None, "fine-tune: learning rate; null: the trainer's (0.01 sgd, 0.001 adamw)"),
@@ -51,14 +57,31 @@ KEYS: dict[str, Key] = {
     "THREADS": Key(None, "fine-tune: torch CPU threads; null: torch's default"),
     "HOST": Key("127.0.0.1", "address to listen on; only this machine can reach 127.0.0.1"),
     "PORT": Key(8765, "port to listen on; 0: any free port"),
-    "APPLY": Key(False, "run the video command with the current model over the whole SOURCE (masks and an overlay "
-                        "in PROJECT/apply/<round>/), then exit"),
+    "APPLY": Key(
+        False,
+        "run the video command with the current model over the whole SOURCE (masks and an overlay "
+        "in PROJECT/apply/<round>/), then exit",
+    ),
 }
 
 STRING_KEYS = ("PROJECT", "SOURCE", "WEIGHTS", "WEIGHTS_FILE", "MODEL_PARAMS_DIR", "DEVICE", "HOST")
 #: Remembered in label.json between starts.
-REMEMBERED = ("SOURCE", "WEIGHTS", "WEIGHTS_FILE", "MODEL_PARAMS_DIR", "INPUT_SIZE", "THRESHOLD", "DEVICE",
-              "START_FRAMES", "SCAN_FRAMES", "EPOCHS", "BATCH_SIZE", "LR", "OPTIMIZER", "THREADS")
+REMEMBERED = (
+    "SOURCE",
+    "WEIGHTS",
+    "WEIGHTS_FILE",
+    "MODEL_PARAMS_DIR",
+    "INPUT_SIZE",
+    "THRESHOLD",
+    "DEVICE",
+    "START_FRAMES",
+    "SCAN_FRAMES",
+    "EPOCHS",
+    "BATCH_SIZE",
+    "LR",
+    "OPTIMIZER",
+    "THREADS",
+)
 
 EXIT = {
     0: "APPLY=true: every frame was segmented (the page: stopped normally)",
@@ -108,8 +131,11 @@ def _check(cfg: dict) -> dict:
         need(is_int(cfg[key]) and cfg[key] >= low, key, f"expected an integer >= {low}")
     need(cfg["LR"] is None or (is_number(cfg["LR"]) and cfg["LR"] > 0), "LR", "expected null or a number > 0")
     need(cfg["OPTIMIZER"] in ("sgd", "adamw"), "OPTIMIZER", "expected sgd or adamw")
-    need(cfg["THREADS"] is None or (is_int(cfg["THREADS"]) and cfg["THREADS"] >= 1), "THREADS",
-         "expected null or an integer >= 1")
+    need(
+        cfg["THREADS"] is None or (is_int(cfg["THREADS"]) and cfg["THREADS"] >= 1),
+        "THREADS",
+        "expected null or an integer >= 1",
+    )
     need(is_int(cfg["PORT"]) and 0 <= cfg["PORT"] <= 65535, "PORT", "expected an integer from 0 to 65535")
     need(isinstance(cfg["APPLY"], bool), "APPLY", "expected true or false")
     need(isinstance(cfg["HOST"], str) and cfg["HOST"] != "", "HOST", "expected an address such as 127.0.0.1")

@@ -51,8 +51,14 @@ class Job:
         on_exit: Called with the job in the waiting thread once it has ended.
     """
 
-    def __init__(self, kind: str, cmd: list[str], log: Path, info: dict | None = None,
-                 on_exit: Callable[[Job], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        cmd: list[str],
+        log: Path,
+        info: dict | None = None,
+        on_exit: Callable[[Job], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.cmd = cmd
         self.log = log
@@ -72,8 +78,12 @@ class Job:
             out.write(("$ " + " ".join(self.cmd) + "\n").encode())
             out.flush()
             self.proc = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env=env,
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
             )
         threading.Thread(target=self._wait, daemon=True).start()
         return self

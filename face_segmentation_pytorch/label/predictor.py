@@ -67,7 +67,9 @@ class Predictor:
         r = self.project.current_round()
         path = r.best if r is not None else self.start_weights()
         if path is None:
-            return ModelInfo(None, f"published {self.settings['WEIGHTS']} weights", f"published:{self.settings['WEIGHTS']}")
+            return ModelInfo(
+                None, f"published {self.settings['WEIGHTS']} weights", f"published:{self.settings['WEIGHTS']}"
+            )
         try:
             st = path.stat()
             key = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}"
@@ -219,8 +221,13 @@ class Scanner:
                 self.progress.update(state="failed", error=str(e))
             return
         jump = suggest.jump_scores(masks)
-        result = {"model": info.id, "threshold": self.settings["THRESHOLD"], "frames": scanned,
-                  "unsure": [round(u, 6) for u in unsure], "jump": [round(j, 6) for j in jump]}
+        result = {
+            "model": info.id,
+            "threshold": self.settings["THRESHOLD"],
+            "frames": scanned,
+            "unsure": [round(u, 6) for u in unsure],
+            "jump": [round(j, 6) for j in jump],
+        }
         try:
             self.project.write_json(self.project.scan_file, result)
         except OSError:

@@ -43,11 +43,21 @@ MAX_MASK_BYTES = 32 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
 
 _FRAME_ROUTE = re.compile(r"^/api/(frame|pmap|mask|overlay|label)/([0-9]{1,9})(?:\.png)?$")
-_TEXT_TYPES = {".log": "text/plain", ".jsonl": "text/plain", ".yaml": "text/plain", ".txt": "text/plain",
-               ".json": "application/json", ".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+_TEXT_TYPES = {
+    ".log": "text/plain",
+    ".jsonl": "text/plain",
+    ".yaml": "text/plain",
+    ".txt": "text/plain",
+    ".json": "application/json",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+}
 
-_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self'; connect-src 'self'; "
-        "script-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self'; connect-src 'self'; "
+    "script-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 def static_dir() -> Path:
@@ -218,14 +228,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, page.encode("utf-8"), "text/html; charset=utf-8", {"Content-Security-Policy": _CSP})
             return
         if path.startswith("/static/"):
-            name = unquote(path[len("/static/"):])
+            name = unquote(path[len("/static/") :])
             file = self.server.static.get(name)
             if file is None or name == "index.html":
                 raise _HTTPError(404, f"no static file {name!r}")
             self._send(200, file.read_bytes(), _content_type(file))
             return
         if path.startswith("/files/"):
-            rel = unquote(path[len("/files/"):])
+            rel = unquote(path[len("/files/") :])
             file = app.project.resolve_relative(rel)
             if not file.is_file():
                 raise _HTTPError(404, f"no file {rel!r} in the project")
@@ -308,5 +318,7 @@ def make_server(app: LabelApp, host: str, port: int, token: str) -> LabelServer:
                 f"PORT={port} on {host} is in use by another program; give another PORT, or PORT=0 for any free one"
             ) from None
         if e.errno == errno.EACCES:
-            raise ConfigError(f"PORT={port}: not allowed for this user (ports below 1024 need root); give PORT=8765") from None
+            raise ConfigError(
+                f"PORT={port}: not allowed for this user (ports below 1024 need root); give PORT=8765"
+            ) from None
         raise ConfigError(f"HOST={host} PORT={port}: cannot listen there ({e.strerror or e})") from None
