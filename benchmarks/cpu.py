@@ -56,6 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import face_segmentation_pytorch  # noqa: F401  (before torch: the package's OpenMP and huge-page defaults)
+
 ROOT = Path(__file__).resolve().parents[1]
 #: CPU features that decide which rows can run fast.
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
@@ -165,7 +167,11 @@ def dense_flops(model, x) -> float:
     def hook(mod, inp, out):
         nonlocal total
         k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels * mod.out_channels // mod.groups
-        pixels = inp[0].shape[-2] * inp[0].shape[-1] if isinstance(mod, nn.ConvTranspose2d) else out.shape[-2] * out.shape[-1]
+        pixels = (
+            inp[0].shape[-2] * inp[0].shape[-1]
+            if isinstance(mod, nn.ConvTranspose2d)
+            else out.shape[-2] * out.shape[-1]
+        )
         total += 2.0 * k * pixels
 
     fast = getattr(model, "fast_inference", None)
@@ -300,10 +306,17 @@ def variants(family: str, batch: int, args) -> list[tuple[str, str, object]]:
     """(row name, precision, setup) for one family and batch size, in the order they alternate."""
     rows = [("package", "fp32", package), ("package", "bf16", package)]
     if family in args.compile:
-        rows += [("package, torch.compile (freezing)", "fp32", compiled), ("package, torch.compile (freezing)", "bf16", compiled)]
-    rows += [("ONNX Runtime", "fp32", "onnxruntime"), ("ONNX Runtime, spinning off", "fp32", "onnxruntime_passive"),
-             ("ONNX Runtime", "bf16", "onnxruntime"),
-             ("OpenVINO", "fp32", "openvino"), ("OpenVINO", "bf16", "openvino")]
+        rows += [
+            ("package, torch.compile (freezing)", "fp32", compiled),
+            ("package, torch.compile (freezing)", "bf16", compiled),
+        ]
+    rows += [
+        ("ONNX Runtime", "fp32", "onnxruntime"),
+        ("ONNX Runtime, spinning off", "fp32", "onnxruntime_passive"),
+        ("ONNX Runtime", "bf16", "onnxruntime"),
+        ("OpenVINO", "fp32", "openvino"),
+        ("OpenVINO", "bf16", "openvino"),
+    ]
     if family == "fcn8s" and batch in args.opencv_batches:
         rows.append(("OpenCV DNN (caffemodel)", "fp32", "opencv"))
     return rows
@@ -380,8 +393,14 @@ def bench_family(family: str, args, tmp: Path) -> list[dict]:
             if key in fns:
                 med = statistics.median(times[key])
                 pdiff, mask = compare(firsts[key], ref)
-                row.update(ms=1000 * med, ms_fastest=1000 * min(times[key]), ms_blocks=[1000 * t for t in times[key]],
-                           tflops=flops / med / 1e12, max_pmap_diff=pdiff, mask_diff=mask)
+                row.update(
+                    ms=1000 * med,
+                    ms_fastest=1000 * min(times[key]),
+                    ms_blocks=[1000 * t for t in times[key]],
+                    tflops=flops / med / 1e12,
+                    max_pmap_diff=pdiff,
+                    mask_diff=mask,
+                )
         rows += batch_rows
         del fns, firsts, x
         gc.collect()
@@ -445,14 +464,30 @@ def bench_threads(args) -> list[dict]:
                 got[p, "busy"].append(child_forward_ms(p))
             time.sleep(args.pause)
         print(f"threads: round {r + 1}/{args.thread_rounds} done", file=sys.stderr)
-    return [{"policy": p, "idle_ms": statistics.median(got[p, "idle"]), "busy_ms": statistics.median(got[p, "busy"]),
-             "idle_runs": got[p, "idle"], "busy_runs": got[p, "busy"]} for p in policies]
+    return [
+        {
+            "policy": p,
+            "idle_ms": statistics.median(got[p, "idle"]),
+            "busy_ms": statistics.median(got[p, "busy"]),
+            "idle_runs": got[p, "idle"],
+            "busy_runs": got[p, "busy"],
+        }
+        for p in policies
+    ]
 
 
 def run_video(clip: Path, weights: Path, out: Path, precision: str) -> dict:
     """The video command as a user runs it; its own summary line gives frames/s and network ms/frame."""
-    cmd = [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip}", f"OUT={out}",
-           f"MODEL_PARAMS_DIR={weights}", "PROGRESS=false", f"PRECISION={precision}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "face_segmentation_pytorch.video",
+        f"SOURCE={clip}",
+        f"OUT={out}",
+        f"MODEL_PARAMS_DIR={weights}",
+        "PROGRESS=false",
+        f"PRECISION={precision}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(out.parent))
     m = re.search(r"(\d+) frames in [\d.]+ s, ([\d.]+) frames/s \(network (\d+) ms/frame\)", proc.stderr)
     if proc.returncode != 0 or not m:
@@ -487,8 +522,17 @@ def bench_video(args, tmp: Path, precisions: list[str]) -> list[dict]:
         for state, rs in runs.items():
             fps = statistics.median(r["fps"] for r in rs)
             fwd = statistics.median(r["forward_fps"] for r in rs)
-            rows.append({"precision": precision, "state": state, "fps": fps, "forward_fps": fwd,
-                         "of_forward": fps / fwd, "of_idle": fps / idle_fps, "runs": rs})
+            rows.append(
+                {
+                    "precision": precision,
+                    "state": state,
+                    "fps": fps,
+                    "forward_fps": fwd,
+                    "of_forward": fps / fwd,
+                    "of_idle": fps / idle_fps,
+                    "runs": rs,
+                }
+            )
     return rows
 
 
@@ -541,14 +585,18 @@ def bench_layers(args) -> dict:
 
 
 def forward_table(rows: list[dict]) -> str:
-    lines = ["| model | batch | runtime | precision | ms per image (median / fastest) | TFLOP/s | mask px != fp32 | max prob. diff |",
-             "|---|---:|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| model | batch | runtime | precision | ms per image (median / fastest) | TFLOP/s | mask px != fp32 | max prob. diff |",
+        "|---|---:|---|---|---|---:|---:|---:|",
+    ]
     for r in rows:
         head = f"| {r['family']} {r['size']}x{r['size']} | {r['batch']} | {r['variant']} | {r['precision']} |"
         if "skipped" in r:
             lines.append(f"{head} not run: {r['skipped']} | | | |")
         else:
-            lines.append(f"{head} {r['ms']:.1f} / {r['ms_fastest']:.1f} | {r['tflops']:.3f} | {100 * r['mask_diff']:.3f}% | {r['max_pmap_diff']:.1e} |")
+            lines.append(
+                f"{head} {r['ms']:.1f} / {r['ms_fastest']:.1f} | {r['tflops']:.3f} | {100 * r['mask_diff']:.3f}% | {r['max_pmap_diff']:.1e} |"
+            )
     return "\n".join(lines)
 
 
@@ -564,26 +612,41 @@ def ratios(rows: list[dict]) -> list[str]:
                     out.append(f"{fam} batch {b}: package fp32 is {ms[fam, b, peer, prec] / mine:.2f}x {peer} {prec}")
             mine16 = ms.get((fam, b, "package", "bf16"))
             if mine16 and (fam, b, "OpenVINO", "bf16") in ms:
-                out.append(f"{fam} batch {b}: package bf16 is {ms[fam, b, 'OpenVINO', 'bf16'] / mine16:.2f}x OpenVINO bf16")
+                out.append(
+                    f"{fam} batch {b}: package bf16 is {ms[fam, b, 'OpenVINO', 'bf16'] / mine16:.2f}x OpenVINO bf16"
+                )
             if mine16 and mine:
                 out.append(f"{fam} batch {b}: package bf16 is {mine / mine16:.2f}x package fp32")
     return out
 
 
 def threads_table(rows: list[dict]) -> str:
-    lines = ["| OpenMP wait policy | idle: ms per frame | one core busy: ms per frame | busy / idle time |", "|---|---:|---:|---:|"]
-    names = {"PASSIVE": "PASSIVE (the package's default)", "ACTIVE": "ACTIVE", "default": "unset (OpenMP's default; torch imported first)"}
+    lines = [
+        "| OpenMP wait policy | idle: ms per frame | one core busy: ms per frame | busy / idle time |",
+        "|---|---:|---:|---:|",
+    ]
+    names = {
+        "PASSIVE": "PASSIVE (the package's default)",
+        "ACTIVE": "ACTIVE",
+        "default": "unset (OpenMP's default; torch imported first)",
+    }
     for r in rows:
-        lines.append(f"| {names[r['policy']]} | {r['idle_ms']:.1f} | {r['busy_ms']:.1f} | {r['busy_ms'] / r['idle_ms']:.2f} |")
+        lines.append(
+            f"| {names[r['policy']]} | {r['idle_ms']:.1f} | {r['busy_ms']:.1f} | {r['busy_ms'] / r['idle_ms']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def video_table(rows: list[dict], size: str) -> str:
-    lines = [f"| video command, {size}, LinkNet34 | state | frames/s end to end | forward-only frames/s | of forward rate | of idle rate |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"| video command, {size}, LinkNet34 | state | frames/s end to end | forward-only frames/s | of forward rate | of idle rate |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['precision']} | {'one core busy' if r['state'] == 'busy' else 'idle'} | {r['fps']:.1f} | "
-                     f"{r['forward_fps']:.1f} | {r['of_forward']:.2f} | {r['of_idle']:.2f} |")
+        lines.append(
+            f"| {r['precision']} | {'one core busy' if r['state'] == 'busy' else 'idle'} | {r['fps']:.1f} | "
+            f"{r['forward_fps']:.1f} | {r['of_forward']:.2f} | {r['of_idle']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -624,19 +687,26 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import face_segmentation_pytorch  # noqa: F401  (before torch: the package's runtime defaults)
-    import torch
+    import torch  # after the package (imported at the top): its runtime defaults apply
 
     from face_segmentation_pytorch.segmentation.precision import _cpu_has_native_bf16
 
     info = cpu_info()
-    result = {"date": datetime.date.today().isoformat(), "cpu": info, "versions": versions(),
-              "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-              "native_bf16": _cpu_has_native_bf16(), "args": {k: v for k, v in vars(args).items()}}
-    head = (f"{result['date']}, {info['model']} ({info['cores']} cores; {', '.join(info['flags'])}); torch "
-            f"{result['versions']['torch']}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={result['omp_wait_policy']}; "
-            + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if k not in ("torch", "python") and v)
-            + f"; load average before: {info['load']}")
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": info,
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "native_bf16": _cpu_has_native_bf16(),
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    head = (
+        f"{result['date']}, {info['model']} ({info['cores']} cores; {', '.join(info['flags'])}); torch "
+        f"{result['versions']['torch']}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={result['omp_wait_policy']}; "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if k not in ("torch", "python") and v)
+        + f"; load average before: {info['load']}"
+    )
     print(head)
     with tempfile.TemporaryDirectory(prefix="fsp_cpu_") as d:
         tmp = Path(d)

@@ -29,11 +29,11 @@ import sys as _sys
 # for them unless torch is already running or the user has chosen.
 if "torch" not in _sys.modules:
     _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-# OpenMP's threads sleep between parallel regions instead of spinning
-# (runtime.py: on a busy machine spinning cost 3-4x), unless the user chose.
-from .runtime import apply_defaults as _apply_runtime_defaults  # noqa: E402  (no torch import)
+    # OpenMP's threads sleep between parallel regions instead of spinning, unless
+    # the user chose (runtime.py: on a busy machine spinning cost several times).
+    from .runtime import apply_defaults as _apply_runtime_defaults  # imports no torch
 
-_apply_runtime_defaults()
+    _apply_runtime_defaults()
 
 from .formats.caffe import convert_caffemodel, load_caffemodel_as_statedict, read_caffemodel
 from .errors import (

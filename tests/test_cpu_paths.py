@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_linknet import random_state, reference_forward
 
 import face_segmentation_pytorch as fsp
 from face_segmentation_pytorch import runtime
@@ -30,7 +31,6 @@ from face_segmentation_pytorch.models import linknet as L
 from face_segmentation_pytorch.segmentation import precision as precision_module
 from face_segmentation_pytorch.segmentation.preprocess import prepare_input
 from face_segmentation_pytorch.weights.families import LINKNET34
-from test_linknet import random_state, reference_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 #: bfloat16 keeps 8 bits of mantissa; through LinkNet34's 40-odd layers the
@@ -54,15 +54,27 @@ def _env_without(*keys: str) -> dict[str, str]:
 
 def test_importing_the_package_first_sets_a_passive_openmp_wait_policy():
     code = "import os, face_segmentation_pytorch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    run = subprocess.run([sys.executable, "-c", code], env=_env_without("OMP_WAIT_POLICY"),
-                         capture_output=True, text=True, timeout=120, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env_without("OMP_WAIT_POLICY"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert run.stdout.strip() == "PASSIVE"
 
 
 def test_a_users_wait_policy_stands():
     code = "import os, face_segmentation_pytorch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, OMP_WAIT_POLICY="ACTIVE"),
-                         capture_output=True, text=True, timeout=120, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, OMP_WAIT_POLICY="ACTIVE"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert run.stdout.strip() == "ACTIVE"
 
 
@@ -122,7 +134,9 @@ def test_winograd_f2_is_chosen_for_wide_float32_layers_on_the_cpu():
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
     """The three sample portraits and their mirror images, prepared for LinkNet34 at 256x256."""
-    images = [np.asarray(load_image(ROOT / "assets/samples" / n)) for n in ("grace_hopper.jpg", "astronaut.jpg", "camera.png")]
+    images = [
+        np.asarray(load_image(ROOT / "assets/samples" / n)) for n in ("grace_hopper.jpg", "astronaut.jpg", "camera.png")
+    ]
     images += [img[:, ::-1].copy() for img in images]
     prep = LINKNET34.preprocessing_of(None)
     return torch.stack([prepare_input(img, prep, size=256) for img in images])

@@ -259,7 +259,11 @@ def _fold_pair(conv: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, tor
     tensors, never views of the parameters.
     """
     w = conv.weight.detach()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[1 if _transposed(conv) else 0], dtype=torch.float64, device=w.device)
+    bias = (
+        conv.bias.detach().double()
+        if conv.bias is not None
+        else torch.zeros(w.shape[1 if _transposed(conv) else 0], dtype=torch.float64, device=w.device)
+    )
     if bn is None or isinstance(bn, nn.Identity):
         return w.clone(), bias.to(w.dtype)
     scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
@@ -516,7 +520,7 @@ class _FastPlan:
             )
             hw = up
         self._plan_head(model, hw)
-        self._sources = [(weakref.ref(t), t.data_ptr(), t._version) for t in _all_sources(model)]
+        self._sources = [(weakref.ref(t), t.data_ptr(), _version(t)) for t in _all_sources(model)]
 
     def _plan_head(self, model: LinkNet34, hw: tuple[int, int]) -> None:
         wd, bd = _fold_pair(model.finaldeconv1, None)  # (64, 32, 3, 3): (in, out, kh, kw)
@@ -538,7 +542,15 @@ class _FastPlan:
         now = _all_sources(model)
         if len(now) != len(self._sources):
             return False
-        return all(ref() is t and t.data_ptr() == ptr and t._version == ver for (ref, ptr, ver), t in zip(self._sources, now))
+        return all(
+            ref() is t and t.data_ptr() == ptr and _version(t) == ver for (ref, ptr, ver), t in zip(self._sources, now)
+        )
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place version counter; ``None`` for a tensor made under ``torch.inference_mode``,
+    which has none (such weights can only change in place inside inference mode)."""
+    return None if t.is_inference() else t._version
 
 
 def _all_sources(model: LinkNet34) -> list[torch.Tensor]:
