@@ -260,3 +260,16 @@ def test_the_cpu_flags_decide_where_torch_cannot_say(monkeypatch):
     assert precision_module._cpu_has_native_bf16()
     monkeypatch.setattr(precision_module, "_cpu_flags", lambda: {"avx512f", "avx512_vnni"})
     assert not precision_module._cpu_has_native_bf16()
+
+
+def test_a_model_made_under_inference_mode_runs_the_fused_path():
+    # Such weights carry no version counter; the plan must still be made and kept.
+    state = random_state(1, seed=3)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        model = _fast_model(state)
+        y = model(x)
+        plan = L._PLANS[model]
+        model(x)
+        assert L._PLANS[model] is plan
+    assert _rel(y, reference_forward(state, x)) < 1e-5
