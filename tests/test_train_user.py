@@ -316,3 +316,33 @@ def test_imagenet_offline_names_the_file_and_folder_to_fetch_by_hand(data2, tmp_
     assert url in line and str(params) in line and " resnet34-b627a593.pth" in line and "IMAGENET_WEIGHTS" in line, line
     assert ".resnet34" not in line, line
     assert not params.exists() and not (tmp_path / "a").exists()
+
+
+# --------------------------------------------------------------------------- fine-tuning LinkNet34 from a file
+
+
+def test_linknet34_fine_tuned_from_a_weights_file_keeps_its_batchnorm(data12, tmp_path):
+    """Fine-tuning from a file (or the published weights) trained the inference
+    network with BatchNorm folded away: the loss did not move and best.pt held 102
+    tensors that WEIGHTS_FILE refused. The trained file must run where any
+    LinkNet34 file runs, and differ from the one it started from."""
+    import face_segmentation_pytorch as fsp
+    from face_segmentation_pytorch.models.linknet import LinkNet34
+
+    torch.manual_seed(0)
+    start = LinkNet34().state_dict()
+    torch.save(start, tmp_path / "start.pt")
+    out = tmp_path / "run"
+    proc = run_train(
+        f"DATA_DIR={data12}", f"OUT_DIR={out}", "WEIGHTS=linknet34_oneflow", f"INIT={tmp_path / 'start.pt'}",
+        "INPUT_SIZE=32", "BATCH_SIZE=4", "EPOCHS=1", "LR=0.01", "THREADS=1", "PROGRESS=false", "DEVICE=cpu",
+    )
+    assert proc.returncode == 0, proc.stderr
+    segmenter = fsp.FaceSegmenter("linknet34_oneflow", weights_file=out / "best.pt", device="cpu", input_size=32)
+    trained = LinkNet34()
+    trained.load_state_dict(fsp.load_state_dict_file(out / "best.pt", "linknet34"))
+    names = set(trained.state_dict())
+    assert len(names) == len(start) == 306 and "firstbn.weight" in names
+    moved = [k for k, v in trained.state_dict().items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    assert "firstconv.weight" in moved and "firstbn.running_mean" in moved  # trained, BatchNorm statistics too
+    assert segmenter.segment(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()).pmap.shape[-2:] == (32, 32)

@@ -11,7 +11,7 @@ Modules: :mod:`.command` (keys, start), :mod:`.server` (HTTP, token, limits),
 :mod:`.app` (what the page can do), :mod:`.project` (the folder),
 :mod:`.frames` (frames by index, PyAV), :mod:`.predictor` (current model,
 scan), :mod:`.suggest` (which frames next), :mod:`.jobs` (background
-processes), :mod:`.finetune` (the trainer as the page runs it).
+processes: the fine-tune is the train command).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from .project import Project, png_bytes
 __all__ = ["PNG_SIGNATURE", "BadRequest", "Conflict", "LabelApp", "NotFound", "apply_arguments", "train_arguments"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: What the background fine-tune runs (the train command's keys; see finetune.py for why not .train itself).
-TRAIN_MODULE = "face_segmentation_pytorch.label.finetune"
+#: What the background fine-tune runs: the train command itself, with its keys, statuses and outputs.
+TRAIN_MODULE = "face_segmentation_pytorch.train"
 VIDEO_MODULE = "face_segmentation_pytorch.video"
 
 

@@ -558,7 +558,7 @@ def build_model(cfg: Mapping, *, progress: bool = True) -> tuple[nn.Module, str]
     else:
         state = _read_init_file(Path(init), fam.name)
         origin = str(init)
-    return _own_copy(fam.build(state, entry.preprocessing)).train(), origin
+    return _own_copy(fam.build_trainable(state, entry.preprocessing)).train(), origin
 
 
 def _own_copy(model: nn.Module) -> nn.Module:
@@ -905,7 +905,7 @@ def _network_of_run(cfg: Mapping, state: Mapping[str, torch.Tensor]) -> nn.Modul
     if cfg["INIT"] in ("scratch", "imagenet"):
         return new_network(cfg).train()
     entry = get_weights(cfg["WEIGHTS"])
-    return _own_copy(entry.arch.build(state, entry.preprocessing)).train()
+    return _own_copy(entry.arch.build_trainable(state, entry.preprocessing)).train()
 
 
 class Trainer:

@@ -79,6 +79,11 @@ class Family:
         """A network in eval mode holding ``state`` (already checked)."""
         raise NotImplementedError
 
+    def build_trainable(self, state: Mapping[str, torch.Tensor], preprocessing: Preprocessing) -> nn.Module:
+        """A network holding ``state`` in the form that trains (no inference-only
+        rewrites such as folded BatchNorm); in eval mode like :meth:`build`."""
+        return self.build(state, preprocessing)
+
     def check_face_channel(self, model: nn.Module, face_channel: int | None) -> None:
         """Raise ValueError when ``face_channel`` makes no sense for ``model``."""
         if face_channel is not None:
@@ -210,6 +215,14 @@ class _LinkNet34(Family):
         model = fold_batchnorm(LinkNet34.from_state_dict(state), inplace=True)
         model.fast_inference = True
         return model
+
+    def build_trainable(self, state, preprocessing):
+        from ..models.linknet import LinkNet34
+
+        # Fine-tuning needs the BatchNorm layers the published weights have; a
+        # folded network would train without them and save a state_dict that
+        # no longer fits LinkNet34 (102 tensors instead of 306).
+        return LinkNet34.from_state_dict(state).eval()
 
     def prepare_for_device(self, model, device):
         from ..models.linknet import fast_inference_model
