@@ -47,6 +47,7 @@ CONSOLE_SCRIPTS = {
     "face-segmentation-evaluate": "face_segmentation_pytorch.evaluate:main",
     "face-segmentation-convert": "face_segmentation_pytorch.convert:main",
     "face-segmentation-export": "face_segmentation_pytorch.export:main",
+    "face-segmentation-label": "face_segmentation_pytorch.label.command:main",
 }
 
 
