@@ -90,7 +90,9 @@ def _child(args) -> None:
     if args.child == "opencv":
         import cv2
 
-        net = cv2.dnn.readNetFromCaffe(str(Path(args.dir) / "deploy.prototxt"), str(Path(args.dir) / "face_seg_fcn8s.caffemodel"))
+        net = cv2.dnn.readNetFromCaffe(
+            str(Path(args.dir) / "deploy.prototxt"), str(Path(args.dir) / "face_seg_fcn8s.caffemodel")
+        )
 
         def forward():
             net.setInput(x)
@@ -100,7 +102,9 @@ def _child(args) -> None:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
-        session = ort.InferenceSession(str(Path(args.dir) / "face_seg_fcn8s.onnx"), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(Path(args.dir) / "face_seg_fcn8s.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
 
         def forward():
             return session.run(["score"], {"data": x})[0]
@@ -167,15 +171,17 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from caffe_writer import random_layers, write_caffemodel
 
-    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
     from face_segmentation_pytorch.convert import save_state_dict
+    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
 
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="fsp_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "face_seg_fcn8s.caffemodel").exists():
         write_caffemodel(folder / "face_seg_fcn8s.caffemodel", random_layers(21, 1, seed=0))
     if not (folder / "face_seg_fcn8s.pt").exists():
-        save_state_dict(load_caffemodel_as_statedict(folder / "face_seg_fcn8s.caffemodel"), folder / "face_seg_fcn8s.pt")
+        save_state_dict(
+            load_caffemodel_as_statedict(folder / "face_seg_fcn8s.caffemodel"), folder / "face_seg_fcn8s.pt"
+        )
     (folder / "deploy.prototxt").write_text(_reference_prototxt().read_text())
     if "onnxruntime" in args.variants and not (folder / "face_seg_fcn8s.onnx").exists():
         from face_segmentation_pytorch import FaceSegmentationNet
@@ -193,9 +199,26 @@ def main() -> None:
     results: dict[str, dict] = {v: {"times": [], "rss": [], "faults": []} for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            cmd = [sys.executable, __file__, "--child", v, "--dir", str(folder), "--size", str(args.size),
-                   "--batch", str(args.batch), "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(env, THP_MEM_ALLOC_ENABLE="0") if v == "default_4k" else env)
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                v,
+                "--dir",
+                str(folder),
+                "--size",
+                str(args.size),
+                "--batch",
+                str(args.batch),
+                "--repeats",
+                str(args.repeats),
+            ]
+            out = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                env=dict(env, THP_MEM_ALLOC_ENABLE="0") if v == "default_4k" else env,
+            )
             if out.returncode != 0:
                 sys.exit(f"error: variant {v} failed:\n{out.stderr[-2000:]}")
             data = json.loads(out.stdout.strip().splitlines()[-1])
@@ -213,22 +236,32 @@ def main() -> None:
         ort_version = f", onnxruntime {onnxruntime.__version__}"
     except ImportError:
         ort_version = ""
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}; "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__}{ort_version}")
-    print(f"THP_MEM_ALLOC_ENABLE for eager/channels_last: {env.get('THP_MEM_ALLOC_ENABLE', 'unset')}; "
-          f"/sys/kernel/mm/transparent_hugepage/enabled: {_thp_mode()}")
-    print(f"input {args.batch}x3x{args.size}x{args.size}: {flops / 1e9:.0f} GFLOP per batch; "
-          f"fp32 matmul {peak:.0f} GFLOP/s before, {peak_after:.0f} after")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}; "
+        f"torch {torch.__version__}, OpenCV {cv2.__version__}{ort_version}"
+    )
+    print(
+        f"THP_MEM_ALLOC_ENABLE for eager/channels_last: {env.get('THP_MEM_ALLOC_ENABLE', 'unset')}; "
+        f"/sys/kernel/mm/transparent_hugepage/enabled: {_thp_mode()}"
+    )
+    print(
+        f"input {args.batch}x3x{args.size}x{args.size}: {flops / 1e9:.0f} GFLOP per batch; "
+        f"fp32 matmul {peak:.0f} GFLOP/s before, {peak_after:.0f} after"
+    )
     base = statistics.median(results["opencv"]["times"]) if "opencv" in results else None
-    print(f"{'variant':16s} {'s/img':>7s} {'img/s':>7s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak RSS MiB':>13s} "
-          f"{'faults/fwd':>10s} {'vs OpenCV':>9s}")
+    print(
+        f"{'variant':16s} {'s/img':>7s} {'img/s':>7s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak RSS MiB':>13s} "
+        f"{'faults/fwd':>10s} {'vs OpenCV':>9s}"
+    )
     for v in variants:
         t = statistics.median(results[v]["times"])
         per_img = t / args.batch
         gflops = flops / t / 1e9
         ratio = f"{base / t:.2f}x" if base else "-"
-        print(f"{v:16s} {per_img:7.3f} {1 / per_img:7.3f} {gflops:8.1f} {gflops / peak:9.2f} "
-              f"{max(results[v]['rss']):13.0f} {statistics.median(results[v]['faults']):10.0f} {ratio:>9s}")
+        print(
+            f"{v:16s} {per_img:7.3f} {1 / per_img:7.3f} {gflops:8.1f} {gflops / peak:9.2f} "
+            f"{max(results[v]['rss']):13.0f} {statistics.median(results[v]['faults']):10.0f} {ratio:>9s}"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from caffe_writer import random_layers, write_caffemodel
 
-    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
     from face_segmentation_pytorch.convert import save_state_dict
+    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
 
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="fsp_bench_"))
     tmp.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,10 @@ import platform
 import statistics
 import time
 
-import face_segmentation_pytorch  # noqa: F401  (before torch, as the CLI: huge pages)
 import torch
 from torch import nn
 
+import face_segmentation_pytorch  # noqa: F401  (before torch, as the CLI: huge pages)
 from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet
 from face_segmentation_pytorch.models.linknet import LinkNet34, fold_batchnorm
 
@@ -68,9 +68,7 @@ def conv_flops(model: nn.Module, x: torch.Tensor) -> int:
             pixels = out.shape[-2] * out.shape[-1]
         total += per_pixel * pixels * out.shape[0]
 
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
-    ]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     try:
         with torch.no_grad():
             model(x)
@@ -142,8 +140,10 @@ def main() -> None:
     rows.append(("LinkNet34, channels_last, BN folded", "256x256", n_folded, flops, secs[2], reps))
 
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"Date: {datetime.date.today().isoformat()}; torch {torch.__version__}; CPU: {cpu_model()}; "
-          f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads; load average {load}")
+    print(
+        f"Date: {datetime.date.today().isoformat()}; torch {torch.__version__}; CPU: {cpu_model()}; "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads; load average {load}"
+    )
     print()
     print("| model | input | parameters | GFLOP / image | CPU s / image, median | fastest | runs |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -80,27 +80,46 @@ def main() -> None:
     forward: list[float] = []
     folder: dict[str, list[float]] = {p: [] for p in pipelines}
     for r in range(args.rounds):
-        out = subprocess.run([sys.executable, "-c", _FORWARD, str(wdir), str(args.images), str(args.batch)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _FORWARD, str(wdir), str(args.images), str(args.batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         forward.append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
         for pipeline in pipelines:
             cli = subprocess.run(
-                [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={imgs}",
-                 f"OUT_DIR={tmp / f'out{r}_{pipeline}'}", f"BATCH_SIZE={args.batch}", "PROGRESS=false",
-                 f"PIPELINE={pipeline}", f"WORKERS={args.workers}"],
-                capture_output=True, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "face_segmentation_pytorch",
+                    f"MODEL_PARAMS_DIR={wdir}",
+                    f"IMGS_DIR={imgs}",
+                    f"OUT_DIR={tmp / f'out{r}_{pipeline}'}",
+                    f"BATCH_SIZE={args.batch}",
+                    "PROGRESS=false",
+                    f"PIPELINE={pipeline}",
+                    f"WORKERS={args.workers}",
+                ],
+                capture_output=True,
+                text=True,
             )
             if cli.returncode != 0:
                 sys.exit(f"error: the CLI failed:\n{cli.stderr[-2000:]}")
             rate = float(re.search(r"([0-9.]+) images/s", cli.stderr.strip().splitlines()[-1]).group(1))
             folder[pipeline].append(rate)
-            print(f"round {r + 1}: forward {forward[-1]:.3f} img/s, folder ({pipeline}) {rate:.3f} img/s", file=sys.stderr)
+            print(
+                f"round {r + 1}: forward {forward[-1]:.3f} img/s, folder ({pipeline}) {rate:.3f} img/s", file=sys.stderr
+            )
     f = statistics.median(forward)
     print(f"{args.images} JPEGs 500x500, batch {args.batch}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"forward only: {f:.3f} images/s")
     for pipeline, rates in folder.items():
         c = statistics.median(rates)
-        print(f"CLI on the folder (decode, run, write), PIPELINE={pipeline}: {c:.3f} images/s; folder / forward = {c / f:.2f}")
+        print(
+            f"CLI on the folder (decode, run, write), PIPELINE={pipeline}: {c:.3f} images/s; folder / forward = {c / f:.2f}"
+        )
+
 
 if __name__ == "__main__":
     main()

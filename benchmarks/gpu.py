@@ -97,17 +97,27 @@ def family_rows(name, model_cpu, size, gflop, precisions, batches, compile_modes
                 try:
                     s = time_forward(seg, xb, repeats)
                 except torch.cuda.OutOfMemoryError:
-                    rows.append({"model": name, "precision": precision, "compile": compile_, "batch": b, "error": "OOM"})
+                    rows.append(
+                        {"model": name, "precision": precision, "compile": compile_, "batch": b, "error": "OOM"}
+                    )
                     torch.cuda.empty_cache()
                     continue
                 ms = 1000 * s / b
                 tflops = gflop * b / s / 1000
-                rows.append({
-                    "model": name, "precision": precision, "compile": compile_, "batch": b,
-                    "ms_per_image": round(ms, 3), "images_per_s": round(b / s, 1), "tflops": round(tflops, 1),
-                    "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                    "max_abs_err_vs_cpu_fp32": err, "mask_flips_vs_cpu_fp32": flips,
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "compile": compile_,
+                        "batch": b,
+                        "ms_per_image": round(ms, 3),
+                        "images_per_s": round(b / s, 1),
+                        "tflops": round(tflops, 1),
+                        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                        "max_abs_err_vs_cpu_fp32": err,
+                        "mask_flips_vs_cpu_fp32": flips,
+                    }
+                )
             del seg
             torch.cuda.empty_cache()
     return rows
@@ -129,15 +139,33 @@ def cli_rows(weights_dir: Path, n_images: int, precisions, batch: int):
             for pipeline in ("threads", "processes"):
                 out = Path(tmp) / f"out_{precision}_{pipeline}"
                 proc = subprocess.run(
-                    [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={weights_dir}",
-                     f"IMGS_DIR={folder}", f"OUT_DIR={out}", "DEVICE=cuda", f"PRECISION={precision}",
-                     f"BATCH_SIZE={batch}", "PROGRESS=false", f"PIPELINE={pipeline}"],
-                    capture_output=True, text=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "face_segmentation_pytorch",
+                        f"MODEL_PARAMS_DIR={weights_dir}",
+                        f"IMGS_DIR={folder}",
+                        f"OUT_DIR={out}",
+                        "DEVICE=cuda",
+                        f"PRECISION={precision}",
+                        f"BATCH_SIZE={batch}",
+                        "PROGRESS=false",
+                        f"PIPELINE={pipeline}",
+                    ],
+                    capture_output=True,
+                    text=True,
                 )
                 m = re.search(r"([0-9.]+) images/s", proc.stderr)
-                rows.append({"precision": precision, "pipeline": pipeline, "batch": batch,
-                             "cli_images_per_s": float(m.group(1)) if m else None,
-                             "returncode": proc.returncode, "stderr_tail": proc.stderr[-500:]})
+                rows.append(
+                    {
+                        "precision": precision,
+                        "pipeline": pipeline,
+                        "batch": batch,
+                        "cli_images_per_s": float(m.group(1)) if m else None,
+                        "returncode": proc.returncode,
+                        "stderr_tail": proc.stderr[-500:],
+                    }
+                )
     return rows
 
 
@@ -167,20 +195,38 @@ def video_rows(settings, frames: int, device: str = "cuda") -> list[dict]:
         torch.save(bench.random_linknet().state_dict(), weights / "linknet_oneflow_model.pt")
         for precision, compile_ in settings:
             proc = subprocess.run(
-                [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip}", f"OUT={tmp / 'out.avi'}",
-                 f"MODEL_PARAMS_DIR={weights}", f"DEVICE={device}", f"PRECISION={precision}",
-                 f"COMPILE={str(compile_).lower()}", "PROGRESS=false"],
-                capture_output=True, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "face_segmentation_pytorch.video",
+                    f"SOURCE={clip}",
+                    f"OUT={tmp / 'out.avi'}",
+                    f"MODEL_PARAMS_DIR={weights}",
+                    f"DEVICE={device}",
+                    f"PRECISION={precision}",
+                    f"COMPILE={str(compile_).lower()}",
+                    "PROGRESS=false",
+                ],
+                capture_output=True,
+                text=True,
             )
             m = re.search(r"(\d+) frames in ([\d.]+) s, ([\d.]+) frames/s", proc.stderr)
             c = re.search(r"compiled \(.*?\) in ([\d.]+) s", proc.stderr)
-            row = {"precision": precision, "compile": compile_, "returncode": proc.returncode,
-                   "stderr_tail": proc.stderr[-500:]}
+            row = {
+                "precision": precision,
+                "compile": compile_,
+                "returncode": proc.returncode,
+                "stderr_tail": proc.stderr[-500:],
+            }
             if m:
                 n, elapsed = int(m.group(1)), float(m.group(2))
                 compile_s = float(c.group(1)) if c else 0.0
-                row.update(frames=n, frames_per_s=float(m.group(3)), compile_s=compile_s,
-                           frames_per_s_after_compile=round(n / max(elapsed - compile_s, 1e-9), 1))
+                row.update(
+                    frames=n,
+                    frames_per_s=float(m.group(3)),
+                    compile_s=compile_s,
+                    frames_per_s_after_compile=round(n / max(elapsed - compile_s, 1e-9), 1),
+                )
             rows.append(row)
     return rows
 
@@ -198,8 +244,12 @@ def main() -> int:
         print("error: no CUDA device is visible; this benchmark measures GPUs (nothing was measured)", file=sys.stderr)
         return 1
     info = {
-        "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
     }
     info["bf16_matmul_peak_tflops"] = round(bf16_peak(), 1)
     print(json.dumps(info))
@@ -211,19 +261,26 @@ def main() -> int:
     rows = family_rows("fcn8s", fcn, 500, FCN_GFLOP, precisions, (1, 8, 32), compiles, args.repeats)
     rows += family_rows("linknet34", linknet, 256, LINKNET_GFLOP, precisions, (1, 32), compiles, args.repeats)
     peak = info["bf16_matmul_peak_tflops"]
-    print("| model | precision | compile | batch | ms/image | TFLOP/s | of bf16 peak | peak GiB | max err vs CPU fp32 | mask flips |")
+    print(
+        "| model | precision | compile | batch | ms/image | TFLOP/s | of bf16 peak | peak GiB | max err vs CPU fp32 | mask flips |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['model']} | {r['precision']} | {r.get('compile', '')} | {r.get('batch', '')} | {r['error']} |")
             continue
-        print(f"| {r['model']} | {r['precision']} | {r['compile']} | {r['batch']} | {r['ms_per_image']} | {r['tflops']} "
-              f"| {r['tflops'] / peak:.0%} | {r['peak_gib']} | {r['max_abs_err_vs_cpu_fp32']:.1e} | {r['mask_flips_vs_cpu_fp32']:.4%} |")
+        print(
+            f"| {r['model']} | {r['precision']} | {r['compile']} | {r['batch']} | {r['ms_per_image']} | {r['tflops']} "
+            f"| {r['tflops'] / peak:.0%} | {r['peak_gib']} | {r['max_abs_err_vs_cpu_fp32']:.1e} | {r['mask_flips_vs_cpu_fp32']:.4%} |"
+        )
     with tempfile.TemporaryDirectory() as wdir:
         torch.save(fcn.state_dict(), Path(wdir) / "face_seg_fcn8s.pt")
         cli = cli_rows(Path(wdir), args.cli_images, ("fp32", "fp16"), 8)
-    forward = {r["precision"]: r["images_per_s"] for r in rows
-               if r.get("model") == "fcn8s" and r.get("batch") == 8 and not r.get("compile") and "error" not in r}
+    forward = {
+        r["precision"]: r["images_per_s"]
+        for r in rows
+        if r.get("model") == "fcn8s" and r.get("batch") == 8 and not r.get("compile") and "error" not in r
+    }
     print("| precision | PIPELINE | CLI images/s (batch 8) | forward images/s (batch 8) | ratio |")
     print("|---|---|---|---|---|")
     for r in cli:
@@ -234,8 +291,11 @@ def main() -> int:
     if args.video_frames:
         settings = [("fp32", False), ("fp16", False)] + ([] if args.skip_compile else [("fp16", True)])
         video = video_rows(settings, args.video_frames)
-        link1 = {(r["precision"], r["compile"]): r["images_per_s"] for r in rows
-                 if r.get("model") == "linknet34" and r.get("batch") == 1 and "error" not in r}
+        link1 = {
+            (r["precision"], r["compile"]): r["images_per_s"]
+            for r in rows
+            if r.get("model") == "linknet34" and r.get("batch") == 1 and "error" not in r
+        }
         print("| precision | compile | video command frames/s (after compiling) | forward frames/s (batch 1) | ratio |")
         print("|---|---|---|---|---|")
         for r in video:

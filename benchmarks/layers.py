@@ -17,11 +17,11 @@ import os
 import statistics
 import time
 
-import face_segmentation_pytorch  # noqa: F401  (before torch, as the CLI: huge pages)
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import face_segmentation_pytorch  # noqa: F401  (before torch, as the CLI: huge pages)
 from face_segmentation_pytorch.models import kernels
 
 # (name, input channels, output channels, map side) at a 500x500 input.
@@ -60,7 +60,9 @@ def main() -> None:
     args = ap.parse_args()
     cl = torch.channels_last
     print(f"{os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'layer':8s} {'C->K':>9s} {'map':>5s} {'direct ms':>10s} {'Winograd ms':>12s} {'speed-up':>9s} {'chosen':>9s}")
+    print(
+        f"{'layer':8s} {'C->K':>9s} {'map':>5s} {'direct ms':>10s} {'Winograd ms':>12s} {'speed-up':>9s} {'chosen':>9s}"
+    )
     with torch.inference_mode():
         for name, c, k, side in LAYERS_3X3:
             conv = _conv(c, k, 3).to(memory_format=cl)
@@ -68,7 +70,9 @@ def main() -> None:
             direct = _median_s(lambda: F.conv2d(x, conv.weight, conv.bias, padding=1).relu_(), args.repeats)
             wino = _median_s(lambda: kernels.winograd_conv3x3(x, conv.weight, conv.bias, relu=True), args.repeats)
             chosen = "Winograd" if kernels.use_winograd(x, conv.weight) else "direct"
-            print(f"{name:8s} {c:4d}->{k:<4d} {side:5d} {direct * 1e3:10.1f} {wino * 1e3:12.1f} {direct / wino:8.2f}x {chosen:>9s}")
+            print(
+                f"{name:8s} {c:4d}->{k:<4d} {side:5d} {direct * 1e3:10.1f} {wino * 1e3:12.1f} {direct / wino:8.2f}x {chosen:>9s}"
+            )
             del conv, x
 
         print(f"\n{'layer':8s} {'weight layout':>14s} {'nn.Conv2d ms':>13s} {'matmul ms':>10s} {'speed-up':>9s}")
@@ -95,7 +99,11 @@ def main() -> None:
                     row = []
                     for s in sizes:
                         kernels._WINOGRAD_BAND_BYTES = s * 2**20
-                        row.append(_median_s(lambda: kernels.winograd_conv3x3(x, conv.weight, conv.bias, relu=True), args.repeats))
+                        row.append(
+                            _median_s(
+                                lambda: kernels.winograd_conv3x3(x, conv.weight, conv.bias, relu=True), args.repeats
+                            )
+                        )
                     print(f"{name:8s} " + " ".join(f"{t * 1e3:7.1f}" for t in row))
             finally:
                 kernels._WINOGRAD_BAND_BYTES = default

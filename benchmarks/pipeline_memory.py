@@ -74,9 +74,19 @@ def main() -> None:
         base = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
         Image.fromarray(base).resize((args.size, args.size), Image.BICUBIC).save(imgs / f"{i:06d}.jpg", quality=90)
     out = tmp / "out"
-    cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={imgs}",
-           f"OUT_DIR={out}", "INPUT_SIZE=64", f"BATCH_SIZE={args.batch}", f"PIPELINE={args.pipeline}",
-           f"WORKERS={args.workers}", "PROGRESS=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "face_segmentation_pytorch",
+        f"MODEL_PARAMS_DIR={wdir}",
+        f"IMGS_DIR={imgs}",
+        f"OUT_DIR={out}",
+        "INPUT_SIZE=64",
+        f"BATCH_SIZE={args.batch}",
+        f"PIPELINE={args.pipeline}",
+        f"WORKERS={args.workers}",
+        "PROGRESS=false",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     samples: list[tuple[int, int, int]] = []  # (outputs written, main KiB, workers KiB)
     while proc.poll() is None:
@@ -88,9 +98,11 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"error: the CLI failed:\n{err[-2000:]}")
     rate = re.search(r"([0-9.]+) images/s", err.strip().splitlines()[-1])
-    print(f"{args.images} JPEGs {args.size}x{args.size}, PIPELINE={args.pipeline}, WORKERS={args.workers}, "
-          f"batch {args.batch}, {os.cpu_count()} cores, torch {torch.__version__}; "
-          f"{rate.group(1) if rate else '?'} images/s")
+    print(
+        f"{args.images} JPEGs {args.size}x{args.size}, PIPELINE={args.pipeline}, WORKERS={args.workers}, "
+        f"batch {args.batch}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"{rate.group(1) if rate else '?'} images/s"
+    )
     print("| written | main MiB | workers MiB | total MiB |")
     print("|---|---|---|---|")
     for tenth in range(1, 11):

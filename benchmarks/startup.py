@@ -45,10 +45,17 @@ def _cli_run(weights: Path, images: Path) -> tuple[float, float]:
     writing into a fresh OUT_DIR, so nothing is skipped as already done."""
     out = Path(tempfile.mkdtemp(prefix="out_", dir=images.parent))
     try:
-        wall, stderr = _timed([
-            sys.executable, "-m", "face_segmentation_pytorch",
-            f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"OUT_DIR={out}", "PROGRESS=false",
-        ])
+        wall, stderr = _timed(
+            [
+                sys.executable,
+                "-m",
+                "face_segmentation_pytorch",
+                f"MODEL_PARAMS_DIR={weights}",
+                f"IMGS_DIR={images}",
+                f"OUT_DIR={out}",
+                "PROGRESS=false",
+            ]
+        )
         if len(list(out.glob("*__heatmap.png"))) != 1:
             sys.exit(f"error: the CLI did not write the heatmap in {out}:\n{stderr[-2000:]}")
         rate = re.search(r"1 images done.*?([0-9.]+) images/s", stderr)
@@ -71,8 +78,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from caffe_writer import random_layers, write_caffemodel
 
-    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
     from face_segmentation_pytorch.convert import save_state_dict
+    from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
 
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="fsp_startup_"))
     dirs = {ext: tmp / f"weights{ext.replace('.', '_')}" for ext in FORMATS}
@@ -104,7 +111,9 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     print(f"{os.cpu_count()} cores; python {sys.version.split()[0]}; files in {tmp}")
-    print(f"import face_segmentation_pytorch (fresh process, with interpreter start): {statistics.median(imports):.2f} s")
+    print(
+        f"import face_segmentation_pytorch (fresh process, with interpreter start): {statistics.median(imports):.2f} s"
+    )
     print(f"{'weights file':14s} {'first result s':>15s} {'the image s':>12s} {'start-up s':>11s}")
     for ext in FORMATS:
         wall, one = statistics.median(walls[ext]), statistics.median(image_s[ext])

@@ -35,7 +35,6 @@ if "torch" not in _sys.modules:
 
     _apply_runtime_defaults()
 
-from .formats.caffe import convert_caffemodel, load_caffemodel_as_statedict, read_caffemodel
 from .errors import (
     CaffeModelError,
     ConfigError,
@@ -45,27 +44,17 @@ from .errors import (
     WeightsError,
 )
 from .files.imageio import load_image
-from .segmentation.inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
+from .formats.caffe import convert_caffemodel, load_caffemodel_as_statedict, read_caffemodel
 from .formats.oneflow import load_oneflow_checkpoint
 from .models.fcn8s import BGR_MEAN, FaceSegmentationNet, scores_to_mask, scores_to_pmap
 from .models.linknet import LinkNet34
-from .weights.families import FAMILIES, Preprocessing
+from .pipeline.video import segment_video
+from .segmentation.inference import pmap_to_mask, pmap_to_uint8, predict_pmaps
 from .segmentation.postprocess import dilate, feather, fill_holes, full_postprocess, largest_component, smooth
 from .segmentation.preprocess import image_to_input, resize_pmap
 from .segmentation.render import cutout, gallery, overlay
 from .segmentation.segmenter import FaceSegmenter, Segmentation
-from .pipeline.video import segment_video
-from .weights.registry import (
-    DEFAULT_WEIGHTS,
-    WEIGHTS,
-    Weights,
-    apply_state_dict,
-    default_params_dir,
-    find_or_download_state_dict,
-    load_model_parameters,
-    load_state_dict_file,
-)
-from .utils import plt_debug  # also makes fsp.utils (the earlier port's module) an attribute
+
 # Training and scores: torch and NumPy only at import (Pillow, omegaconf load when a run starts).
 from .training import (
     SegmentationScores,
@@ -78,6 +67,18 @@ from .training import (
     mean_iou,
     pixel_accuracy,
     train,
+)
+from .utils import plt_debug  # also makes fsp.utils (the earlier port's module) an attribute
+from .weights.families import FAMILIES, Preprocessing
+from .weights.registry import (
+    DEFAULT_WEIGHTS,
+    WEIGHTS,
+    Weights,
+    apply_state_dict,
+    default_params_dir,
+    find_or_download_state_dict,
+    load_model_parameters,
+    load_state_dict_file,
 )
 
 __version__ = "0.2.0"

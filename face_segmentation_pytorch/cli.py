@@ -29,24 +29,58 @@ from .jobs.folder import (
 )
 from .jobs.local import run_local
 from .jobs.settings import AUTO, FAILURE_LOG_NAME, KEYS, OUTPUT_KEYS, RUN_SETTINGS_NAME, SEGMENTER_KEYS
-from .keys import is_int, parse_dotlist
 from .keys import help_text as keys_help_text
+from .keys import is_int, parse_dotlist
 
 # The command parses keys and reports; the job, its plan and writer and its
 # engines live below it (face_segmentation_pytorch.jobs). The names re-exported
 # here are this module's documented API from before that move.
 __all__ = [
-    "main", "parse_args", "help_text", "run", "KEYS", "collect_inputs", "make_segmenter", "plan_run", "Plan",
-    "SEGMENTER_KEYS", "RUN_SETTINGS_NAME", "OUTPUT_KEYS", "FAILURE_LOG_NAME", "AUTO", "output_settings",
-    "check_rerun_settings", "record_settings", "report_unused_boxes", "check_settings", "nothing_to_do",
-    "start_line", "check_precision_keys",
+    "main",
+    "parse_args",
+    "help_text",
+    "run",
+    "KEYS",
+    "collect_inputs",
+    "make_segmenter",
+    "plan_run",
+    "Plan",
+    "SEGMENTER_KEYS",
+    "RUN_SETTINGS_NAME",
+    "OUTPUT_KEYS",
+    "FAILURE_LOG_NAME",
+    "AUTO",
+    "output_settings",
+    "check_rerun_settings",
+    "record_settings",
+    "report_unused_boxes",
+    "check_settings",
+    "nothing_to_do",
+    "start_line",
+    "check_precision_keys",
 ]
 
 
 _STRING_KEYS = (
-    "IMGS_DIR", "MODEL_PARAMS_DIR", "OUT_DIR", "DEVICE", "WEIGHTS", "WEIGHTS_URL", "WEIGHTS_FILE",
-    "WEIGHTS_SHA256", "PRECISION", "POSTPROCESS", "GALLERY", "FAILURE_LOG", "HEATMAP_FORMAT", "CROP", "BOXES", "BACKEND",
-    "ENGINE", "RAY_ADDRESS", "PIPELINE",
+    "IMGS_DIR",
+    "MODEL_PARAMS_DIR",
+    "OUT_DIR",
+    "DEVICE",
+    "WEIGHTS",
+    "WEIGHTS_URL",
+    "WEIGHTS_FILE",
+    "WEIGHTS_SHA256",
+    "PRECISION",
+    "POSTPROCESS",
+    "GALLERY",
+    "FAILURE_LOG",
+    "HEATMAP_FORMAT",
+    "CROP",
+    "BOXES",
+    "BACKEND",
+    "ENGINE",
+    "RAY_ADDRESS",
+    "PIPELINE",
 )
 
 USAGE = "usage: python -m face_segmentation_pytorch IMGS_DIR=<folder> [KEY=VALUE ...]"
@@ -105,7 +139,11 @@ def parse_args(argv: list[str]) -> dict:
     need(cfg["CROP"] in (None, "faces"), "CROP", "expected null or faces")
     need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
     ms = cfg["MIN_FACE_SCORE"]
-    need(isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms <= 1, "MIN_FACE_SCORE", "expected a number in [0, 1]")
+    need(
+        isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms <= 1,
+        "MIN_FACE_SCORE",
+        "expected a number in [0, 1]",
+    )
     check_precision_keys(cfg, need)
     for name in ("RECURSIVE", "PRE_NORMALIZE", "PROGRESS", "OVERWRITE", "OVERLAY", "CUTOUT", "PER_FACE"):
         need(isinstance(cfg[name], bool), name, "expected true or false")
@@ -186,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     argv = sys.argv[1:] if argv is None else list(argv)
     return run_command(
-        argv, help_text, lambda: run(parse_args(argv)),
+        argv,
+        help_text,
+        lambda: run(parse_args(argv)),
         "face_segmentation_pytorch: interrupted before any image was processed",
     )

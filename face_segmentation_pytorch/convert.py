@@ -73,6 +73,7 @@ EXIT_STATUSES = {
     130: "interrupted (Ctrl-C); no partly written file is left",
 }
 
+
 # KEY=VALUE arguments: a bare name, then '='. Paths with '=' after a '/' stay positional.
 def help_text() -> str:
     """The ``--help`` text, in the style of every command's."""
@@ -107,7 +108,11 @@ def parse_args(argv: Sequence[str]) -> dict:
         ConfigError: A missing, unknown or invalid key, or an OUT this command cannot write.
     """
     cfg = parse_keys_and_flags(
-        argv, KEYS, _STRING_KEYS, USAGE, _flag_parser(),
+        argv,
+        KEYS,
+        _STRING_KEYS,
+        USAGE,
+        _flag_parser(),
         {"source": "SOURCE", "output": "OUT", "safetensors": "SAFETENSORS", "strict": "STRICT"},
     )
     for name, example in (("SOURCE", "SOURCE=face_seg_fcn8s.caffemodel"), ("OUT", "OUT=weights/face_seg_fcn8s.pt")):

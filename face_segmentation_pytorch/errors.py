@@ -61,9 +61,7 @@ def exit_status(e: FaceSegmentationError) -> int:
     return 2
 
 
-def run_command(
-    argv: Sequence[str], help_text: Callable[[], str], body: Callable[[], int], interrupted: str
-) -> int:
+def run_command(argv: Sequence[str], help_text: Callable[[], str], body: Callable[[], int], interrupted: str) -> int:
     """What every command's ``main`` does around its work.
 
     ``--help`` (or ``-h``, ``help``) prints ``help_text()``; a

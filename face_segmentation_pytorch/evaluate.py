@@ -54,7 +54,8 @@ def _keys():
 
     return {
         "GT_DIR": Key(
-            None, "ground-truth masks (with PRED_DIR or IMGS_DIR): <stem>.png (any image format), read by the one mask rule (brightest colour channel >= half its range; 0/1 images: 1; palette: index != 0)"
+            None,
+            "ground-truth masks (with PRED_DIR or IMGS_DIR): <stem>.png (any image format), read by the one mask rule (brightest colour channel >= half its range; 0/1 images: 1; palette: index != 0)",
         ),
         "PRED_DIR": Key(
             None,
@@ -104,8 +105,9 @@ def _keys():
         "COMPILE": batch_keys["COMPILE"],
         "RECURSIVE": Key(False, "also match files in sub-folders (by relative path)"),
         "OUT": Key(
-            None, "write the JSON report here ('-': to stdout, the table then goes to stderr); null: OUT_DIR/eval.json, "
-            "or no JSON (the table only)"
+            None,
+            "write the JSON report here ('-': to stdout, the table then goes to stderr); null: OUT_DIR/eval.json, "
+            "or no JSON (the table only)",
         ),
         "OUT_DIR": Key(None, "folder for eval.json (when OUT is not given)"),
         "SHOW": Key(10, "images with the lowest IoU listed in the table"),
@@ -205,7 +207,9 @@ def check_eval_config(cfg: dict) -> dict:
         need(isinstance(cfg[name], bool), name, "expected true or false")
     check_precision_keys(cfg, need)
     if cfg["PRED_DIR"] is not None and (cfg["PRECISION"] != "fp32" or cfg["COMPILE"]):
-        raise ConfigError("PRECISION and COMPILE apply to IMGS_DIR or DATA_DIR (segmenting); PRED_DIR scores files that exist")
+        raise ConfigError(
+            "PRECISION and COMPILE apply to IMGS_DIR or DATA_DIR (segmenting); PRED_DIR scores files that exist"
+        )
     for name in ("GT_DIR", "PRED_DIR", "IMGS_DIR", "DATA_DIR", "WEIGHTS_FILE", "MODEL_PARAMS_DIR", "OUT", "OUT_DIR"):
         if cfg[name] is not None and not (name == "OUT" and cfg[name] == "-"):
             cfg[name] = str(Path(cfg[name]).expanduser())
@@ -323,7 +327,15 @@ def run(cfg: dict) -> int:
         source = f"{cfg['WEIGHTS']} ({segmenter.weights_source}) on {cfg['DATA_DIR'] or cfg['IMGS_DIR']}"
     text = dumps(report)
     to_stdout = cfg["OUT"] == "-"
-    out = None if to_stdout else Path(cfg["OUT"]) if cfg["OUT"] else Path(cfg["OUT_DIR"]) / "eval.json" if cfg["OUT_DIR"] else None
+    out = (
+        None
+        if to_stdout
+        else Path(cfg["OUT"])
+        if cfg["OUT"]
+        else Path(cfg["OUT_DIR"]) / "eval.json"
+        if cfg["OUT_DIR"]
+        else None
+    )
     against = f" against {cfg['GT_DIR']}" if cfg["GT_DIR"] else f" ({report.info.get('part')})"
     table = f"face_segmentation_pytorch.evaluate: {source}{against}\n" + format_table(report, cfg["SHOW"])
     if out is not None:
@@ -348,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         argv, help_text, lambda: run(parse_eval_args(argv)), "face_segmentation_pytorch.evaluate: interrupted"
     )
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
 from .errors import EXIT_STATUSES as _COMMON_STATUSES
 from .errors import ConfigError, run_command
 from .formats.onnx import check_onnx, export_onnx
@@ -107,7 +106,11 @@ def parse_args(argv) -> dict:
     from .keys import is_int
 
     cfg = parse_keys_and_flags(
-        argv, KEYS, _STRING_KEYS, USAGE, _flag_parser(),
+        argv,
+        KEYS,
+        _STRING_KEYS,
+        USAGE,
+        _flag_parser(),
         {"output": "OUT", "params_dir": "MODEL_PARAMS_DIR", "weights": "WEIGHTS", "opset": "OPSET", "check": "CHECK"},
     )
     out = cfg["OUT"]

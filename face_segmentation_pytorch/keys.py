@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from .errors import EXIT_STATUSES, ConfigError
 
 __all__ = [
-    "Key", "parse_dotlist", "merge_options", "help_text", "is_int", "is_number", "FlagParser", "parse_keys_and_flags",
+    "Key",
+    "parse_dotlist",
+    "merge_options",
+    "help_text",
+    "is_int",
+    "is_number",
+    "FlagParser",
+    "parse_keys_and_flags",
 ]
 
 

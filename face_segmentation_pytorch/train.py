@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130 if result.interrupted else 0
 
     return run_command(
-        argv, help_text, body,
+        argv,
+        help_text,
+        body,
         "face_segmentation_pytorch.train: interrupted; nothing more was saved (last.pt, if any, holds the "
         "last saved position)",
     )

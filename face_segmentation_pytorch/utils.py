@@ -30,14 +30,15 @@ import torch
 
 from .errors import CaffeModelError, WeightsError
 from .formats.caffe import load_caffemodel_as_statedict as _load_caffemodel
+
 # The earlier port's package offered ``fsp.model`` as an attribute; importing it
 # here (utils is imported by the package) keeps that true.
 from .model import FaceSegmentationNet
 from .segmentation.plot import plt_debug
 from .weights.registry import (
     DEFAULT_WEIGHTS,
-    apply_state_dict,
     Weights,
+    apply_state_dict,
     check_state_dict,
     default_params_dir,
     get_weights,
@@ -61,9 +62,7 @@ def _tensor_type(t_type) -> tuple[torch.dtype, torch.device | None]:
         dtype = t_type.dtype
         device = torch.device("cuda") if getattr(t_type, "is_cuda", False) else None
     else:
-        raise TypeError(
-            f"t_type must be a tensor type such as torch.FloatTensor or a torch.dtype, got {t_type!r}"
-        )
+        raise TypeError(f"t_type must be a tensor type such as torch.FloatTensor or a torch.dtype, got {t_type!r}")
     if not dtype.is_floating_point:
         raise TypeError(f"t_type must be a floating point type (weights are real numbers), got {t_type!r}")
     return dtype, device
@@ -190,9 +189,7 @@ def load_model_parameters(
         path = folder / name
         if path.is_file():
             return apply_state_dict(model, _load_named_file(path, caffe), path, weights)
-    return _load_model_parameters(
-        model, folder, weights=weights, url=online, sha256=sha256, progress=progress
-    )
+    return _load_model_parameters(model, folder, weights=weights, url=online, sha256=sha256, progress=progress)
 
 
 def _torch_dtype(float_dtype) -> torch.dtype:

@@ -18,9 +18,7 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 
 def _build_messages():
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="fsp_tests_caffe.proto", package="fsp_tests_caffe", syntax="proto2"
-    )
+    fdp = descriptor_pb2.FileDescriptorProto(name="fsp_tests_caffe.proto", package="fsp_tests_caffe", syntax="proto2")
 
     def msg(name, fields):
         m = fdp.message_type.add(name=name)

@@ -32,9 +32,7 @@ class CaffeNet:
         self.num_classes = num_classes
         self.channel_divisor = channel_divisor
         self.prototxt = folder / "deploy.prototxt"
-        self.prototxt.write_text(
-            deploy_prototxt(prototxt, num_classes=num_classes, channel_divisor=channel_divisor)
-        )
+        self.prototxt.write_text(deploy_prototxt(prototxt, num_classes=num_classes, channel_divisor=channel_divisor))
         self.caffemodel = write_caffemodel(folder / "face_seg_fcn8s.caffemodel", layers)
         self._net = None
 
@@ -68,7 +66,6 @@ def slim_weights_dir(tmp_path_factory) -> Path:
     import torch
 
     from face_segmentation_pytorch.formats.caffe import CaffeLayer, caffe_layers_to_state_dict
-
     from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet, _face_margin
     from face_segmentation_pytorch.pipeline.preprocess import image_to_input
 

@@ -110,8 +110,13 @@ def test_glob_input(folder, slim_weights_dir, tmp_path):
 
 def test_postprocessed_masks_and_extra_outputs(folder, slim_weights_dir, segmenter):
     proc = run_cli(
-        f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", "MASK_THRESHOLD=0.5",
-        "POSTPROCESS=largest,fill_holes", "OVERLAY=true", "CUTOUT=true", f"GALLERY={folder}/gallery.jpg",
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={folder}",
+        "MASK_THRESHOLD=0.5",
+        "POSTPROCESS=largest,fill_holes",
+        "OVERLAY=true",
+        "CUTOUT=true",
+        f"GALLERY={folder}/gallery.jpg",
         "DEVICE=cpu",  # CPU numbers: the expected mask comes from the CPU segmenter, compared exactly
     )
     assert proc.returncode == 0, proc.stderr
@@ -124,10 +129,17 @@ def test_postprocessed_masks_and_extra_outputs(folder, slim_weights_dir, segment
     assert Image.open(folder / "gallery.jpg").width > 3 * 100
 
 
-@pytest.mark.parametrize("fmt, name, check", [
-    ("png16", "one.jpg__heatmap16.png", lambda p: np.asarray(Image.open(p)).dtype == np.uint16 or Image.open(p).mode.startswith("I")),
-    ("npy", "one.jpg__heatmap.npy", lambda p: np.load(p).dtype == np.float32 and np.load(p).shape == (80, 60)),
-])
+@pytest.mark.parametrize(
+    "fmt, name, check",
+    [
+        (
+            "png16",
+            "one.jpg__heatmap16.png",
+            lambda p: np.asarray(Image.open(p)).dtype == np.uint16 or Image.open(p).mode.startswith("I"),
+        ),
+        ("npy", "one.jpg__heatmap.npy", lambda p: np.load(p).dtype == np.float32 and np.load(p).shape == (80, 60)),
+    ],
+)
 def test_heatmap_formats(folder, slim_weights_dir, segmenter, fmt, name, check):
     # CPU numbers: the npy map is compared with the CPU segmenter's to 1e-6.
     proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", f"HEATMAP_FORMAT={fmt}", "DEVICE=cpu")
@@ -164,8 +176,16 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, slim_weights_dir):
     listed = tmp_path / "images.txt"  # a folder lists regular files only; a list names any file
     listed.write_text("".join(f"many/img{i:02d}.png\n" for i in range(40)))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-           f"IMGS_DIR={listed}", f"OUT_DIR={out}", "PROGRESS=false", "DEVICE=cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "face_segmentation_pytorch",
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={listed}",
+        f"OUT_DIR={out}",
+        "PROGRESS=false",
+        "DEVICE=cpu",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         last.wait_until_read(proc)

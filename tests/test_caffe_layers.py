@@ -236,8 +236,17 @@ def _ours_hooked(model: FaceSegmentationNet, x: np.ndarray) -> dict[str, np.ndar
 
         return pre_hook
 
-    for name in ("pool3", "pool4", "score_fr", "upscore2", "score_pool4c", "upscore_pool4",
-                 "score_pool3c", "upscore8", "score"):
+    for name in (
+        "pool3",
+        "pool4",
+        "score_fr",
+        "upscore2",
+        "score_pool4c",
+        "upscore_pool4",
+        "score_pool3c",
+        "upscore8",
+        "score",
+    ):
         handles.append(getattr(model, name).register_forward_hook(keep(name)))
     handles.append(model.upscore_pool4.register_forward_pre_hook(keep_input("fuse_pool4")))
     handles.append(model.upscore8.register_forward_pre_hook(keep_input("fuse_pool3")))
@@ -271,8 +280,17 @@ def _ours_fast(model: FaceSegmentationNet, x: np.ndarray) -> dict[str, np.ndarra
     """no_grad, fast path; modules wrapped in recording modules."""
     got: dict[str, np.ndarray] = {}
     inputs = {"upscore_pool4": "fuse_pool4", "upscore8": "fuse_pool3"}
-    for name in ("pool3", "pool4", "score_fr", "upscore2", "score_pool4c", "upscore_pool4",
-                 "score_pool3c", "upscore8", "score"):
+    for name in (
+        "pool3",
+        "pool4",
+        "score_fr",
+        "upscore2",
+        "score_pool4c",
+        "upscore_pool4",
+        "score_pool3c",
+        "upscore8",
+        "score",
+    ):
         setattr(model, name, _Tap(getattr(model, name), got, name, inputs.get(name)))
     assert not model._layer_hooks()
     with torch.no_grad():
@@ -342,7 +360,9 @@ def test_a_misplaced_crop_in_the_pool3_branch_is_visible_in_its_own_blob(tmp_pat
 
 
 @pytest.mark.parametrize("num_classes", [21, 2])
-def test_the_packages_own_fixed_layers_equal_caffe_with_the_deploy_values(tmp_path_factory, reference_prototxt, num_classes):
+def test_the_packages_own_fixed_layers_equal_caffe_with_the_deploy_values(
+    tmp_path_factory, reference_prototxt, num_classes
+):
     """Caffe runs the deploy values written in this file; ours keeps the fixed
     layers the package makes itself (default initialisation) and loads only
     the learned layers."""

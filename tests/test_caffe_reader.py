@@ -38,7 +38,7 @@ def test_current_format_round_trip(tmp_path, layers):
     path = write_caffemodel(tmp_path / "m.caffemodel", layers)
     read, field = read_caffemodel(path)
     assert field == "layer"
-    assert [l.name for l in read] == list(layers)
+    assert [layer.name for layer in read] == list(layers)
     assert read[0].type == "Convolution"
     sd = load_caffemodel_as_statedict(path)
     _assert_matches(sd, layers)
@@ -74,16 +74,14 @@ def test_unpacked_float_data_is_read():
     from face_segmentation_pytorch.formats.caffe import _Reader
 
     reader = _Reader(data, "mem")
-    (num, wire, span, _), = list(reader.fields(0, len(data)))
+    ((num, wire, span, _),) = list(reader.fields(0, len(data)))
     parsed = reader.layer(*span, v1=False)
     assert parsed.name == "conv1_1"
     np.testing.assert_array_equal(parsed.blobs[0], w)
 
 
 def test_rename_is_a_pure_function(layers):
-    sd, report = caffe_layers_to_state_dict(
-        [CaffeLayer(n, "Convolution", b) for n, b in layers.items()], source="mem"
-    )
+    sd, report = caffe_layers_to_state_dict([CaffeLayer(n, "Convolution", b) for n, b in layers.items()], source="mem")
     assert report.num_classes == 21 and report.channel_divisor == 16
     assert list(sd) == list(FaceSegmentationNet(21, channel_divisor=16).state_dict())
 

@@ -87,8 +87,11 @@ def test_batches_of_mixed_sizes_equal_single_images(tmp_path, images, slim_weigh
         for size in ("auto", "null"):
             out = tmp_path / f"out_{bs}_{size}"
             proc = run_cli(
-                f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", f"OUT_DIR={out}",
-                f"BATCH_SIZE={bs}", f"INPUT_SIZE={size}",
+                f"MODEL_PARAMS_DIR={slim_weights_dir}",
+                f"IMGS_DIR={images}",
+                f"OUT_DIR={out}",
+                f"BATCH_SIZE={bs}",
+                f"INPUT_SIZE={size}",
             )
             assert proc.returncode == 0, proc.stderr
     for size in ("auto", "null"):
@@ -197,7 +200,9 @@ def test_cuda_requested_without_cuda(images, slim_weights_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(tmp_path, images, slim_weights_dir):
     for dev in ("cpu", "cuda"):
-        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", f"OUT_DIR={tmp_path / dev}", f"DEVICE={dev}")
+        proc = run_cli(
+            f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", f"OUT_DIR={tmp_path / dev}", f"DEVICE={dev}"
+        )
         assert proc.returncode == 0, proc.stderr
     a = np.asarray(Image.open(tmp_path / "cpu" / "portrait__heatmap.png")).astype(int)
     b = np.asarray(Image.open(tmp_path / "cuda" / "portrait__heatmap.png")).astype(int)
@@ -234,13 +239,23 @@ def test_cli_downloads_verified_weights(tmp_path, images, slim_weights_dir):
     try:
         wdir = tmp_path / "downloaded"
         # An all-digit hash must stay text (YAML would make it a number).
-        bad = run_cli(f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={images}", "WEIGHTS=fcn8s_500_port",
-                      f"WEIGHTS_URL={url}", "WEIGHTS_SHA256=" + "0123456789" * 6 + "0123")
+        bad = run_cli(
+            f"MODEL_PARAMS_DIR={wdir}",
+            f"IMGS_DIR={images}",
+            "WEIGHTS=fcn8s_500_port",
+            f"WEIGHTS_URL={url}",
+            "WEIGHTS_SHA256=" + "0123456789" * 6 + "0123",
+        )
         # Status 3: the weights could not be obtained or verified (not a mistake in the command).
         assert bad.returncode == 3 and "sha256 mismatch" in bad.stderr
         assert not wdir.exists() and not (images / "portrait.jpg__heatmap.png").exists()
-        good = run_cli(f"MODEL_PARAMS_DIR={wdir}", f"IMGS_DIR={images}", "WEIGHTS=fcn8s_500_port",
-                       f"WEIGHTS_URL={url}", "WEIGHTS_SHA256=" + hashlib.sha256(body).hexdigest())
+        good = run_cli(
+            f"MODEL_PARAMS_DIR={wdir}",
+            f"IMGS_DIR={images}",
+            "WEIGHTS=fcn8s_500_port",
+            f"WEIGHTS_URL={url}",
+            "WEIGHTS_SHA256=" + hashlib.sha256(body).hexdigest(),
+        )
         assert good.returncode == 0, good.stderr
         assert sorted(p.name for p in wdir.iterdir()) == ["face_seg_fcn8s.pt"]
         assert (images / "portrait.jpg__heatmap.png").exists()
@@ -268,7 +283,10 @@ def test_default_weights_folder_from_environment(tmp_path, images, slim_weights_
     env = dict(os.environ, FACE_SEGMENTATION_PYTORCH_HOME=str(home))
     proc = subprocess.run(
         [sys.executable, "-m", "face_segmentation_pytorch", f"IMGS_DIR={images}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"weights {home / 'face_seg_fcn8s.pt'}" in proc.stderr
@@ -277,8 +295,7 @@ def test_default_weights_folder_from_environment(tmp_path, images, slim_weights_
 def test_unwritable_weights_folder_is_a_clear_error(tmp_path, images):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    proc = run_cli(f"MODEL_PARAMS_DIR={blocker / 'sub'}", f"IMGS_DIR={images}",
-                   "WEIGHTS_URL=http://127.0.0.1:9/w.zip")
+    proc = run_cli(f"MODEL_PARAMS_DIR={blocker / 'sub'}", f"IMGS_DIR={images}", "WEIGHTS_URL=http://127.0.0.1:9/w.zip")
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1].startswith("error: cannot write to")
     assert "Traceback" not in proc.stderr

@@ -170,8 +170,14 @@ def _photo_folder(tmp_path):
 
 def test_cli_crop_faces(tmp_path, slim_weights_dir):
     folder = _photo_folder(tmp_path)
-    proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", "CROP=faces",
-                   "MASK_THRESHOLD=0.5", "PER_FACE=true", "POSTPROCESS=full")
+    proc = run_cli(
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={folder}",
+        "CROP=faces",
+        "MASK_THRESHOLD=0.5",
+        "PER_FACE=true",
+        "POSTPROCESS=full",
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"no face: {folder / 'blank.png'}" in proc.stderr
     assert "3 images done, 0 failed, 0 skipped (outputs exist), 1 without a face" in _last_line(proc)
@@ -194,8 +200,13 @@ def test_cli_user_boxes(tmp_path, slim_weights_dir):
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("path,x,y,w,h\nsub/a.jpg,150,40,150,150\n")
     out = tmp_path / "out"
-    proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", "RECURSIVE=true",
-                   f"BOXES={boxes}", f"OUT_DIR={out}")
+    proc = run_cli(
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={folder}",
+        "RECURSIVE=true",
+        f"BOXES={boxes}",
+        f"OUT_DIR={out}",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "sub" / "a__faces.json").read_text())["faces"] == [{"box": [150, 40, 150, 150]}]
     heat = np.asarray(Image.open(out / "sub" / "a__heatmap.png"))
@@ -203,12 +214,15 @@ def test_cli_user_boxes(tmp_path, slim_weights_dir):
     assert "1 without a face" in _last_line(proc)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["PER_FACE=true", "MASK_THRESHOLD=0.5"], "needs CROP=faces or BOXES"),
-    (["PER_FACE=true", "CROP=faces"], "add MASK_THRESHOLD"),
-    (["CROP=eyes"], "expected null or faces"),
-    (["MIN_FACE_SCORE=2"], "in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["PER_FACE=true", "MASK_THRESHOLD=0.5"], "needs CROP=faces or BOXES"),
+        (["PER_FACE=true", "CROP=faces"], "add MASK_THRESHOLD"),
+        (["CROP=eyes"], "expected null or faces"),
+        (["MIN_FACE_SCORE=2"], "in [0, 1]"),
+    ],
+)
 def test_crop_key_mistakes(tmp_path, slim_weights_dir, args, message):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={tmp_path}", *args)

@@ -105,12 +105,21 @@ def test_pipelines_on_cuda_agree_and_match_the_cpu(tmp_path, slim_weights_dir):
         "threads": ("DEVICE=cuda", "PIPELINE=threads"),
         "processes": ("DEVICE=cuda",),  # auto: processes on CUDA
     }.items():
-        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={imgs}", f"OUT_DIR={tmp_path / name}",
-                       "BATCH_SIZE=4", "PROGRESS=false", *args)
+        proc = run_cli(
+            f"MODEL_PARAMS_DIR={slim_weights_dir}",
+            f"IMGS_DIR={imgs}",
+            f"OUT_DIR={tmp_path / name}",
+            "BATCH_SIZE=4",
+            "PROGRESS=false",
+            *args,
+        )
         assert proc.returncode == 0, proc.stderr
         assert ("worker process" in proc.stderr) == (name == "processes")
     for k in range(6):
-        maps = {n: np.asarray(Image.open(tmp_path / n / f"{k}__heatmap.png")).astype(int) for n in ("cpu", "threads", "processes")}
+        maps = {
+            n: np.asarray(Image.open(tmp_path / n / f"{k}__heatmap.png")).astype(int)
+            for n in ("cpu", "threads", "processes")
+        }
         for n in ("threads", "processes"):
             diff = np.abs(maps[n] - maps["cpu"])
             # fp32 on CUDA is ~4e-6 off the CPU: a heatmap level flips only where
@@ -128,8 +137,9 @@ def test_compiled_linknet_with_cuda_graphs_keeps_each_result():
     model = fsp.LinkNet34()
     model.load_state_dict(sd)
     plain = fsp.FaceSegmenter(model.eval(), device="cuda", threshold=None, precision="fp16", progress=False)
-    graphed = fsp.FaceSegmenter(model.eval(), device="cuda", threshold=None, precision="fp16", compile=True,
-                                progress=False)
+    graphed = fsp.FaceSegmenter(
+        model.eval(), device="cuda", threshold=None, precision="fp16", compile=True, progress=False
+    )
     rng = np.random.default_rng(4)
     xs = [torch.from_numpy(rng.normal(0, 1, (1, 3, 256, 256)).astype(np.float32)) for _ in range(4)]
     with torch.inference_mode():

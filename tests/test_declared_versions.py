@@ -17,7 +17,11 @@ PACKAGE = ROOT / "face_segmentation_pytorch"
 def _setup_kwargs() -> dict:
     tree = ast.parse((ROOT / "setup.py").read_text())
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
-    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg in ("python_requires", "install_requires", "extras_require")}
+    return {
+        kw.arg: ast.literal_eval(kw.value)
+        for kw in call.keywords
+        if kw.arg in ("python_requires", "install_requires", "extras_require")
+    }
 
 
 def _floor(spec: str) -> tuple[int, ...]:
@@ -52,8 +56,11 @@ def _runtime_type_unions() -> list[str]:
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             values = [node.value] if isinstance(node, ast.Assign) else node.args if isinstance(node, ast.Call) else []
-            found += [f"{path.relative_to(ROOT)}:{v.lineno}" for v in values
-                      if isinstance(v, ast.BinOp) and isinstance(v.op, ast.BitOr) and _is_type_expr(v)]
+            found += [
+                f"{path.relative_to(ROOT)}:{v.lineno}"
+                for v in values
+                if isinstance(v, ast.BinOp) and isinstance(v.op, ast.BitOr) and _is_type_expr(v)
+            ]
     return found
 
 

@@ -193,7 +193,8 @@ def _expected_blend(img, heat, color, alpha):
 
 
 @pytest.mark.parametrize(
-    "color, rgb, alpha", [("red", (255, 0, 0), 0.5), ((0, 128, 255), (0, 128, 255), 0.75), ("#00ff00", (0, 255, 0), 1.0)]
+    "color, rgb, alpha",
+    [("red", (255, 0, 0), 0.5), ((0, 128, 255), (0, 128, 255), 0.75), ("#00ff00", (0, 255, 0), 1.0)],
 )
 def test_blend_follows_formula(color, rgb, alpha):
     got = blend_heatmap(IMG, HEAT, color, alpha)
@@ -209,12 +210,19 @@ def test_plt_debug_rows_hold_blend_and_thresholded_mask(tmp_path):
     big = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     big_heat = np.linspace(0, 1, 35, dtype=np.float32).reshape(5, 7)
     fig, (mix_axes, mask_axes) = plt_debug(
-        [Image.fromarray(IMG), big], [torch.from_numpy(HEAT), big_heat],
-        mask_color="blue", color_alpha=0.25, heatmap_thresh=0.5,
+        [Image.fromarray(IMG), big],
+        [torch.from_numpy(HEAT), big_heat],
+        mask_color="blue",
+        color_alpha=0.25,
+        heatmap_thresh=0.5,
     )
     assert len(mix_axes) == len(mask_axes) == 2
-    np.testing.assert_array_equal(mix_axes[0].get_images()[0].get_array(), _expected_blend(IMG, HEAT, (0, 0, 255), 0.25))
-    np.testing.assert_array_equal(mix_axes[1].get_images()[0].get_array(), _expected_blend(big, big_heat, (0, 0, 255), 0.25))
+    np.testing.assert_array_equal(
+        mix_axes[0].get_images()[0].get_array(), _expected_blend(IMG, HEAT, (0, 0, 255), 0.25)
+    )
+    np.testing.assert_array_equal(
+        mix_axes[1].get_images()[0].get_array(), _expected_blend(big, big_heat, (0, 0, 255), 0.25)
+    )
     np.testing.assert_array_equal(mask_axes[0].get_images()[0].get_array(), HEAT >= 0.5)
     np.testing.assert_array_equal(mask_axes[1].get_images()[0].get_array(), big_heat >= 0.5)
     fig.savefig(tmp_path / "one.png")  # a bare Figure saves without pyplot or a display
@@ -264,7 +272,9 @@ def test_t_type_picks_the_dtype(slim_net):
     assert {v.dtype for v in sd64.values()} == {torch.float64}
     assert list(sd64) == list(sd32)
     assert all(torch.equal(sd64[k], sd32[k].double()) for k in sd32)
-    assert {v.dtype for v in load_caffemodel_as_statedict(slim_net.caffemodel, torch.float16).values()} == {torch.float16}
+    assert {v.dtype for v in load_caffemodel_as_statedict(slim_net.caffemodel, torch.float16).values()} == {
+        torch.float16
+    }
     with pytest.raises(TypeError, match="floating"):
         load_caffemodel_as_statedict(slim_net.caffemodel, t_type=torch.LongTensor)
     FaceSegmentationNet(channel_divisor=16).double().load_state_dict(sd64, strict=True)
@@ -321,6 +331,8 @@ def test_statedict_online_is_the_download_url(tmp_path):
     # A failed download raises (the earlier port printed it and went on untrained).
     with pytest.raises(DownloadError):
         load_model_parameters(
-            FaceSegmentationNet(channel_divisor=16), tmp_path / "empty",
-            statedict_online=(tmp_path / "missing.zip").as_uri(), progress=False,
+            FaceSegmentationNet(channel_divisor=16),
+            tmp_path / "empty",
+            statedict_online=(tmp_path / "missing.zip").as_uri(),
+            progress=False,
         )

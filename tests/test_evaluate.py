@@ -135,7 +135,9 @@ def test_prediction_of_another_size_is_a_failure_and_ambiguous_names_an_error(pr
     # A second mask for a (from an image a.png beside a.jpg): which one to score is
     # the user's call, so the whole evaluation stops with the candidates named.
     _save(np.zeros((8, 8), np.uint8), pred_dir / "a.png__mask.png")
-    with pytest.raises(ConfigError, match=r"several predictions for one ground truth \(a: a.png__mask.png, a__mask.png\)"):
+    with pytest.raises(
+        ConfigError, match=r"several predictions for one ground truth \(a: a.png__mask.png, a__mask.png\)"
+    ):
         evaluate_predictions(pred_dir, gt_dir)
 
 
@@ -223,8 +225,14 @@ def test_precision_is_measured_as_asked_and_refused_in_one_line(slim_run, tmp_pa
     weights, _ = slim_run
     # Its own images and masks (another test adds a ground truth without an image to the shared ones).
     data = make_synthetic_dataset(tmp_path / "data", 4, size=32, seed=11)
-    common = ["WEIGHTS=fcn8s_300_no_aug", f"WEIGHTS_FILE={weights}", "INPUT_SIZE=32", f"IMGS_DIR={data / 'images'}",
-              f"GT_DIR={data / 'masks'}", "DEVICE=cpu"]
+    common = [
+        "WEIGHTS=fcn8s_300_no_aug",
+        f"WEIGHTS_FILE={weights}",
+        "INPUT_SIZE=32",
+        f"IMGS_DIR={data / 'images'}",
+        f"GT_DIR={data / 'masks'}",
+        "DEVICE=cpu",
+    ]
     refused = run_evaluate(*common, "PRECISION=fp16", f"OUT_DIR={tmp_path / 'fp16'}")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert refused.stderr.startswith("error: PRECISION=fp16: precision fp16 is refused on the CPU"), refused.stderr

@@ -42,8 +42,18 @@ def test_exported_graph_equals_pytorch(tmp_path, slim_model):
 def test_export_command(tmp_path, slim_weights_dir):
     out = tmp_path / "cli.onnx"
     proc = subprocess.run(
-        [sys.executable, "-m", "face_segmentation_pytorch.export", str(out), "--params-dir", str(slim_weights_dir), "--check"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "face_segmentation_pytorch.export",
+            str(out),
+            "--params-dir",
+            str(slim_weights_dir),
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}" in proc.stdout and "ONNX Runtime vs PyTorch: relative error" in proc.stdout
@@ -89,9 +99,18 @@ def test_onnxruntime_backend_equals_torch_backend(tmp_path, slim_weights_dir, sm
     out_t, out_o = tmp_path / "t", tmp_path / "o"
     for backend, out in (("torch", out_t), ("onnxruntime", out_o)):
         proc = subprocess.run(
-            [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={wdir}",
-             f"IMGS_DIR={smooth_photo.parent}", f"OUT_DIR={out}", f"BACKEND={backend}"],
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "face_segmentation_pytorch",
+                f"MODEL_PARAMS_DIR={wdir}",
+                f"IMGS_DIR={smooth_photo.parent}",
+                f"OUT_DIR={out}",
+                f"BACKEND={backend}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert proc.returncode == 0, proc.stderr
     from PIL import Image

@@ -57,8 +57,10 @@ SHELL_LANGS = {"", "bash", "sh", "shell", "console"}
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
     """``(language, body)`` of every fenced code block."""
-    return [(m.group(1).strip().lower(), m.group(2))
-            for m in re.finditer(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", text, re.M | re.S)]
+    return [
+        (m.group(1).strip().lower(), m.group(2))
+        for m in re.finditer(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", text, re.M | re.S)
+    ]
 
 
 def shell_commands(body: str) -> list[list[str]]:
@@ -70,7 +72,7 @@ def shell_commands(body: str) -> list[list[str]]:
         while words:
             cut = words.index("&&") if "&&" in words else len(words)
             commands.append(words[:cut])
-            words = words[cut + 1:]
+            words = words[cut + 1 :]
     return [c for c in commands if c]
 
 
@@ -118,10 +120,23 @@ def test_the_two_commands_are_the_contract():
 
 #: pip options a requirements file or the command may carry, and whether they take a value.
 PIP_OPTIONS = {
-    "-r": True, "--requirement": True, "-c": True, "--constraint": True, "-e": True, "--editable": True,
-    "-i": True, "--index-url": True, "--extra-index-url": True, "-f": True, "--find-links": True,
-    "--pre": False, "--prefer-binary": False, "--only-binary": True, "--no-binary": True,
-    "--upgrade": False, "-U": False,
+    "-r": True,
+    "--requirement": True,
+    "-c": True,
+    "--constraint": True,
+    "-e": True,
+    "--editable": True,
+    "-i": True,
+    "--index-url": True,
+    "--extra-index-url": True,
+    "-f": True,
+    "--find-links": True,
+    "--pre": False,
+    "--prefer-binary": False,
+    "--only-binary": True,
+    "--no-binary": True,
+    "--upgrade": False,
+    "-U": False,
 }
 
 
@@ -350,8 +365,11 @@ def test_unzip_puts_the_caffemodel_where_the_registry_looks(clone, reference_pro
     lines = [c for b in readme_shell_blocks() for c in b if kind(c) == "unzip"]
     for argv in lines:
         archive = next(a for a in argv[1:] if a.endswith(".zip"))
-        entry = next(w for w in WEIGHTS.values() if PurePosixPath(urllib.parse.urlsplit(w.url).path).name == archive
-                     and w.archive_member in argv)
+        entry = next(
+            w
+            for w in WEIGHTS.values()
+            if PurePosixPath(urllib.parse.urlsplit(w.url).path).name == archive and w.archive_member in argv
+        )
         (clone / archive).write_bytes(_make_archive(entry.url, reference_prototxt, tmp_path / "a"))
         _unzip(argv, clone)
         target = clone / argv[argv.index("-d") + 1]

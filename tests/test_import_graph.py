@@ -87,9 +87,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     A package's ``__init__`` re-exporting its own sub-modules is not a cycle of
     layers, so edges from a package to the modules inside it are left out.
     """
-    edges = {
-        a: {b for b in bs if not b.startswith(a + ".")} for a, bs in graph.items()
-    }
+    edges = {a: {b for b in bs if not b.startswith(a + ".")} for a, bs in graph.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -144,7 +142,6 @@ def test_no_import_cycles():
     graph = {k: {m for m in v if m != NAME} for k, v in graph.items()}
     cycles = _cycles(graph)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
-
 
 
 def test_no_module_imports_a_command():

@@ -222,7 +222,9 @@ IMAGES = {
 }
 
 
-@pytest.mark.parametrize("dst", [500, (300, 200), (333, 777)], ids=lambda d: f"{d}x{d}" if isinstance(d, int) else f"{d[0]}x{d[1]}")
+@pytest.mark.parametrize(
+    "dst", [500, (300, 200), (333, 777)], ids=lambda d: f"{d}x{d}" if isinstance(d, int) else f"{d[0]}x{d[1]}"
+)
 @pytest.mark.parametrize("image", list(IMAGES))
 def test_input_resize_matches_opencv_inter_cubic(image, dst):
     import cv2
@@ -355,7 +357,9 @@ def test_predict_pmaps_feeds_the_authors_input_and_resizes_back():
     bgr = cv2.resize(np.ascontiguousarray(rgb[:, :, ::-1]), (48, 48), interpolation=cv2.INTER_CUBIC)
     expected_in = bgr.transpose(2, 0, 1) - np.array([MEAN_B, MEAN_G, MEAN_R])[:, None, None]
     assert np.abs(seen[0][0].numpy() - expected_in).max() <= 1 + 1e-4
-    np.testing.assert_allclose(out.numpy(), bilinear(fixed_map[0].numpy().astype(np.float64), 61, 35), rtol=0, atol=PMAP_TOL)
+    np.testing.assert_allclose(
+        out.numpy(), bilinear(fixed_map[0].numpy().astype(np.float64), 61, 35), rtol=0, atol=PMAP_TOL
+    )
 
 
 # --------------------------------------------------------------------------
@@ -560,8 +564,12 @@ def test_bicubic_resize_of_a_batch_of_one_keeps_its_batch_axis():
 
 @pytest.mark.parametrize(
     "arr",
-    [np.zeros((4, 5), np.uint8), np.zeros((4, 5, 4), np.uint8), np.zeros((4, 5, 3), np.float32),
-     np.zeros((4, 5, 3), np.uint16)],
+    [
+        np.zeros((4, 5), np.uint8),
+        np.zeros((4, 5, 4), np.uint8),
+        np.zeros((4, 5, 3), np.float32),
+        np.zeros((4, 5, 3), np.uint16),
+    ],
     ids=["grey2d", "rgba", "float", "uint16"],
 )
 def test_image_to_input_refuses_arrays_that_are_not_uint8_rgb(arr):
@@ -652,9 +660,13 @@ def test_reader_takes_legal_encodings_caffe_does_not_write(tmp_path):
     blob5 = _field(7, b"".join(_fixed(1, 0, bytes([d])) for d in (3, 2)))
     blob5 += b"".join(_fixed(5, 5, np.float32(v).tobytes()) for v in values)
     layer = (
-        _field(1, b"conv1_1") + _field(2, b"Convolution") + _field(3, b"data") + _field(4, b"conv1_1")
+        _field(1, b"conv1_1")
+        + _field(2, b"Convolution")
+        + _field(3, b"data")
+        + _field(4, b"conv1_1")
         + _field(106, _fixed(1, 0, bytes([64])))  # convolution_param {num_output: 64}
-        + _field(7, blob8) + _field(7, blob5)
+        + _field(7, blob8)
+        + _field(7, blob5)
     )
     path = tmp_path / "unpacked.caffemodel"
     path.write_bytes(_field(100, layer))
@@ -765,8 +777,11 @@ def test_the_narrowest_net_converts(tmp_path):
     bad["conv1_1.weight"] = torch.zeros(3, 3, 3, 3)
     with pytest.raises(ValueError):
         architecture_from_state_dict(bad)
-    for name, blob in [("conv1_1", np.zeros((3, 3, 3, 3), np.float32)), ("score_fr", np.zeros((1, 64, 1, 1), np.float32))]:
-        broken = {**layers, name: [blob, layers[name][1][:blob.shape[0]]]}
+    for name, blob in [
+        ("conv1_1", np.zeros((3, 3, 3, 3), np.float32)),
+        ("score_fr", np.zeros((1, 64, 1, 1), np.float32)),
+    ]:
+        broken = {**layers, name: [blob, layers[name][1][: blob.shape[0]]]}
         with pytest.raises(CaffeModelError):
             caffe_layers_to_state_dict([CaffeLayer(n, "", b) for n, b in broken.items()])
     extra = {**layers, "fc8": [np.ones(3, np.float32)]}
@@ -803,6 +818,7 @@ def test_a_lone_forward_hook_sees_its_layer_under_no_grad():
     model = FaceSegmentationNet(2, channel_divisor=16).eval()
     x = torch.randn(1, 3, 9, 11) * 50
     seen = {}
+
     def after(module, inputs, output):  # returns None: the output is left as it is
         seen["conv3_1"] = output.clone()
 

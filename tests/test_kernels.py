@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from face_segmentation_pytorch import FaceSegmentationNet
-from face_segmentation_pytorch.models import kernels
 from face_segmentation_pytorch.formats.caffe import load_caffemodel_as_statedict
+from face_segmentation_pytorch.models import kernels
 from face_segmentation_pytorch.models.fcn8s import scores_to_mask
 
 # Winograd F(4x4, 3x3) in fp32 measured 4e-6 to 1.2e-5 of the output's largest
@@ -183,13 +183,14 @@ def test_fast_path_steps_aside_for_autocast_and_layer_hooks(kernel_calls, monkey
 
 
 def test_importing_the_package_first_asks_torch_for_huge_pages():
-    code = (
-        "import os, sys\n"
-        "import face_segmentation_pytorch\n"
-        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
-    )
+    code = "import os, sys\nimport face_segmentation_pytorch\nprint(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    run = lambda c, e: subprocess.run([sys.executable, "-c", c], env=e, capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
+
+    def run(c, e):
+        return subprocess.run(
+            [sys.executable, "-c", c], env=e, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     assert run(code, env) == "1"
     assert run(code, dict(env, THP_MEM_ALLOC_ENABLE="0")) == "0"  # the user's choice stands
     # torch already running: its allocator has decided, so the setting would only mislead.

@@ -130,8 +130,13 @@ def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Ten
 
     def bn(h, p):
         return F.batch_norm(
-            h, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
-            training=False, eps=1e-5,
+            h,
+            sd[f"{p}.running_mean"],
+            sd[f"{p}.running_var"],
+            sd[f"{p}.weight"],
+            sd[f"{p}.bias"],
+            training=False,
+            eps=1e-5,
         )
 
     h = F.relu(bn(F.conv2d(x, sd["firstconv.weight"], stride=2, padding=3), "firstbn"))
@@ -225,8 +230,12 @@ def write_checkpoint(
             slot = rng.standard_normal(arr.shape).astype(np.float32)
             write_entry(folder, f"{name}-momentum", slot, meta_text(arr.shape) if meta else None)
     if training_extras:
-        write_entry(folder, "System-Train-TrainStep-TrainNet", np.array([1234], np.int64),
-                    meta_text((1,), "kInt64") if meta else None)
+        write_entry(
+            folder,
+            "System-Train-TrainStep-TrainNet",
+            np.array([1234], np.int64),
+            meta_text((1,), "kInt64") if meta else None,
+        )
     (folder / "snapshot_done").write_bytes(b"")
     return folder
 
@@ -278,7 +287,10 @@ def eager_dir(tmp_path_factory, state) -> Path:
 @pytest.fixture(scope="module")
 def lazy_dir(tmp_path_factory, state) -> Path:
     return write_checkpoint(
-        tmp_path_factory.mktemp("lazy") / "faceseg_model", state, layout="lazy", meta=False,
+        tmp_path_factory.mktemp("lazy") / "faceseg_model",
+        state,
+        layout="lazy",
+        meta=False,
         training_extras=True,
     )
 
@@ -416,8 +428,13 @@ def test_lazy_names_rename_to_state_keys(state):
     assert lazy_name_to_state_key("encoder2-0-downsample-bn1-moving_variance") == (
         "encoder2.0.downsample.1.running_var"
     )
-    for name in ("firstconv-weight-momentum", "System-Train-TrainStep-TrainNet", "decoder1-norm1-gamma-m",
-                 "snapshot_done", "weight"):
+    for name in (
+        "firstconv-weight-momentum",
+        "System-Train-TrainStep-TrainNet",
+        "decoder1-norm1-gamma-m",
+        "snapshot_done",
+        "weight",
+    ):
         assert lazy_name_to_state_key(name) is None
 
 
@@ -573,9 +590,7 @@ def test_torchvision_resnet34_names(state):
     result = model.load_state_dict(renamed, strict=False)
     assert not result.unexpected_keys
     # (BatchNorm quietly fills a missing num_batches_tracked.)
-    assert set(result.missing_keys) == {
-        k for k in state if k not in renamed and not k.endswith("num_batches_tracked")
-    }
+    assert set(result.missing_keys) == {k for k in state if k not in renamed and not k.endswith("num_batches_tracked")}
     assert torch.equal(model.encoder3[5].bn2.running_var, state["encoder3.5.bn2.running_var"])
     assert torchvision_name_to_linknet("fc.weight") is None
     with pytest.raises(ValueError, match="module.conv1.weight"):

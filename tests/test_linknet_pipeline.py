@@ -44,8 +44,9 @@ def _photo(h: int, w: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
 
-def expected_pmap(state, img: Image.Image, *, size=256, mean=IMAGENET_MEAN * 255, std=IMAGENET_STD * 255,
-                  swap=False, native=False) -> np.ndarray:
+def expected_pmap(
+    state, img: Image.Image, *, size=256, mean=IMAGENET_MEAN * 255, std=IMAGENET_STD * 255, swap=False, native=False
+) -> np.ndarray:
     arr = np.asarray(img.convert("RGB"))
     if swap:
         arr = arr[:, :, ::-1].copy()
@@ -103,7 +104,9 @@ def images(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("layout", ["eager", "lazy"])
-def test_cli_runs_a_oneflow_folder_and_equals_the_independent_pipeline(layout, eager_params, lazy_params, images, state, tmp_path):
+def test_cli_runs_a_oneflow_folder_and_equals_the_independent_pipeline(
+    layout, eager_params, lazy_params, images, state, tmp_path
+):
     params = eager_params if layout == "eager" else lazy_params
     out = tmp_path / "out"
     proc = run_cli(f"MODEL_PARAMS_DIR={params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", f"OUT_DIR={out}")
@@ -134,17 +137,22 @@ def test_segmenter_masks_and_native_size(eager_params, state):
 def test_demo_entry_reproduces_the_oneflow_demo_channel_quirk(eager_params, state):
     img = _photo(80, 80, 6)
     seg = fsp.FaceSegmenter("linknet34_oneflow_demo", params_dir=eager_params, device="cpu", threshold=None)
-    want = expected_pmap(state, img, swap=True, mean=np.array([123.68, 116.779, 103.939]),
-                         std=np.array([58.393, 57.12, 57.375]))
+    want = expected_pmap(
+        state, img, swap=True, mean=np.array([123.68, 116.779, 103.939]), std=np.array([58.393, 57.12, 57.375])
+    )
     np.testing.assert_allclose(seg.segment(img).pmap, want, atol=2e-5)
     plain = fsp.FaceSegmenter("linknet34_oneflow", params_dir=eager_params, device="cpu", threshold=None)
     assert np.abs(plain.segment(img).pmap - want).max() > 1e-3  # the quirk is not the default
 
 
 def test_user_mistakes_for_linknet(eager_params, images):
-    bad_size = run_cli(f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", "INPUT_SIZE=250")
+    bad_size = run_cli(
+        f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", "INPUT_SIZE=250"
+    )
     assert bad_size.returncode == 2 and "multiples of 32" in bad_size.stderr
-    channel = run_cli(f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", "FACE_CHANNEL=1")
+    channel = run_cli(
+        f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", "FACE_CHANNEL=1"
+    )
     assert channel.returncode == 2 and "FACE_CHANNEL=1" in channel.stderr and "one face logit" in channel.stderr
     for proc in (bad_size, channel):
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -156,9 +164,19 @@ def test_everything_the_cli_does_works_for_linknet(eager_params, images, state, 
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"portrait.png": [[10, 20, 64, 64]], "wide.png": [[0, 0, 200, 64]]}))
     out = tmp_path / "out"
-    args = [f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", f"OUT_DIR={out}",
-            "BATCH_SIZE=2", "MASK_THRESHOLD=0.5", "POSTPROCESS=largest", "OVERLAY=true", "CUTOUT=true",
-            f"BOXES={boxes}", "PER_FACE=true"]
+    args = [
+        f"MODEL_PARAMS_DIR={eager_params}",
+        f"IMGS_DIR={images}",
+        "WEIGHTS=linknet34_oneflow",
+        f"OUT_DIR={out}",
+        "BATCH_SIZE=2",
+        "MASK_THRESHOLD=0.5",
+        "POSTPROCESS=largest",
+        "OVERLAY=true",
+        "CUTOUT=true",
+        f"BOXES={boxes}",
+        "PER_FACE=true",
+    ]
     first = run_cli(*args)
     assert first.returncode == 1, first.stderr  # broken.png
     assert "2 images done, 1 failed" in first.stderr.splitlines()[-1]
@@ -182,14 +200,28 @@ def test_everything_the_cli_does_works_for_linknet(eager_params, images, state, 
 
 def test_onnxruntime_backend_and_export_for_linknet(eager_params, images, tmp_path):
     torch_out, ort_out = tmp_path / "torch", tmp_path / "ort"
-    a = run_cli(f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", f"OUT_DIR={torch_out}")
-    b = run_cli(f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow",
-                f"OUT_DIR={ort_out}", "BACKEND=onnxruntime")
+    a = run_cli(
+        f"MODEL_PARAMS_DIR={eager_params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", f"OUT_DIR={torch_out}"
+    )
+    b = run_cli(
+        f"MODEL_PARAMS_DIR={eager_params}",
+        f"IMGS_DIR={images}",
+        "WEIGHTS=linknet34_oneflow",
+        f"OUT_DIR={ort_out}",
+        "BACKEND=onnxruntime",
+    )
     assert a.returncode == 0 and b.returncode == 0, b.stderr
     for name in ("portrait", "wide"):
         assert np.abs(_heat(torch_out / f"{name}__heatmap.png") - _heat(ort_out / f"{name}__heatmap.png")).max() <= 1
-    exported = run_cli(str(tmp_path / "linknet.onnx"), "--params-dir", str(eager_params), "--weights",
-                       "linknet34_oneflow", "--check", module="face_segmentation_pytorch.export")
+    exported = run_cli(
+        str(tmp_path / "linknet.onnx"),
+        "--params-dir",
+        str(eager_params),
+        "--weights",
+        "linknet34_oneflow",
+        "--check",
+        module="face_segmentation_pytorch.export",
+    )
     assert exported.returncode == 0, exported.stderr
     err = float(exported.stdout.split("relative error")[1].split()[0])
     assert err < 1e-5
@@ -206,15 +238,22 @@ def test_published_zip_downloads_installs_and_is_found_next_time(tmp_path, state
     try:
         url = server.add("/linknet_oneflow_model.zip", buf.getvalue())
         params = tmp_path / "params"
-        first = run_cli(f"MODEL_PARAMS_DIR={params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", f"WEIGHTS_URL={url}")
+        first = run_cli(
+            f"MODEL_PARAMS_DIR={params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", f"WEIGHTS_URL={url}"
+        )
         assert first.returncode == 0, first.stderr
         assert sorted(p.name for p in params.iterdir()) == ["linknet_oneflow_model.pt"]
         loaded = torch.load(params / "linknet_oneflow_model.pt", weights_only=True)
         for k, v in state.items():
             if not k.endswith("num_batches_tracked"):
                 assert torch.equal(loaded[k], v), k
-        again = run_cli(f"MODEL_PARAMS_DIR={params}", f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow",
-                        f"WEIGHTS_URL={url}", "OVERWRITE=true")
+        again = run_cli(
+            f"MODEL_PARAMS_DIR={params}",
+            f"IMGS_DIR={images}",
+            "WEIGHTS=linknet34_oneflow",
+            f"WEIGHTS_URL={url}",
+            "OVERWRITE=true",
+        )
         assert again.returncode == 0 and server.hits == ["/linknet_oneflow_model.zip"]
     finally:
         server.close()
@@ -225,8 +264,13 @@ def test_weights_file_runs_a_baseline_state_dict(tmp_path, state, images):
     pth = tmp_path / "linknet.pth"
     torch.save(dict(state), pth)
     out = tmp_path / "out"
-    proc = run_cli(f"IMGS_DIR={images}", "WEIGHTS=linknet34_oneflow", f"WEIGHTS_FILE={pth}", f"OUT_DIR={out}",
-                   f"MODEL_PARAMS_DIR={tmp_path / 'unused'}")
+    proc = run_cli(
+        f"IMGS_DIR={images}",
+        "WEIGHTS=linknet34_oneflow",
+        f"WEIGHTS_FILE={pth}",
+        f"OUT_DIR={out}",
+        f"MODEL_PARAMS_DIR={tmp_path / 'unused'}",
+    )
     assert proc.returncode == 0, proc.stderr
     want = np.floor(expected_pmap(state, Image.open(images / "wide.png")) * 255 + 0.5)
     assert np.abs(_heat(out / "wide__heatmap.png") - want).max() <= 1
@@ -243,4 +287,6 @@ def test_load_model_parameters_fills_a_linknet(eager_params, state):
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(model.state_dict()[k], v), k
     with pytest.raises(fsp.WeightsError, match="linknet34 weights, but the model is a fcn8s"):
-        fsp.load_model_parameters(fsp.FaceSegmentationNet(channel_divisor=16), eager_params, weights="linknet34_oneflow")
+        fsp.load_model_parameters(
+            fsp.FaceSegmentationNet(channel_divisor=16), eager_params, weights="linknet34_oneflow"
+        )

@@ -20,8 +20,9 @@ from PIL import Image
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "face_segmentation_pytorch", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "face_segmentation_pytorch", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def _nearest(src: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -63,8 +64,10 @@ def images(tmp_path) -> Path:
 
 def test_dilate_and_feather_equal_the_stated_rules(images, slim_weights_dir, tmp_path):
     # Every run on the CPU: masks of separate processes are compared pixel for pixel.
-    base_dir, args = tmp_path / "base", [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", "MASK_THRESHOLD=0.5",
-                                         "DEVICE=cpu"]
+    base_dir, args = (
+        tmp_path / "base",
+        [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", "MASK_THRESHOLD=0.5", "DEVICE=cpu"],
+    )
     assert run_cli(*args, f"OUT_DIR={base_dir}").returncode == 0
     base = _png(base_dir / "face__mask.png") > 0
     assert 20 < base.sum() < base.size - 20, "the slim net's mask must have an edge to move"
@@ -98,8 +101,14 @@ def test_with_boxes_each_face_is_grown_on_its_own(images, slim_weights_dir, tmp_
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"face.png": [[4, 6, 20, 20], [26, 14, 18, 20]]}))
     # Every run on the CPU: masks of separate processes are compared pixel for pixel.
-    args = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", "MASK_THRESHOLD=0.5",
-            f"BOXES={boxes}", "PER_FACE=true", "DEVICE=cpu"]
+    args = [
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={images}",
+        "MASK_THRESHOLD=0.5",
+        f"BOXES={boxes}",
+        "PER_FACE=true",
+        "DEVICE=cpu",
+    ]
     base_dir, out = tmp_path / "base", tmp_path / "grown"
     assert run_cli(*args, f"OUT_DIR={base_dir}").returncode == 0
     proc = run_cli(*args, f"OUT_DIR={out}", "DILATE=3")
@@ -119,12 +128,15 @@ def test_with_boxes_each_face_is_grown_on_its_own(images, slim_weights_dir, tmp_
         assert (face0 & ~inside).any(), "a grown face may pass its crop box"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["DILATE=3"], "DILATE=3 is invalid: works on masks: add MASK_THRESHOLD=0.5"),
-    (["FEATHER=2"], "FEATHER=2 is invalid: works on masks"),
-    (["MASK_THRESHOLD=0.5", "FEATHER=-1"], "FEATHER=-1 is invalid"),
-    (["MASK_THRESHOLD=0.5", "DILATE=1.5"], "DILATE=1.5 is invalid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["DILATE=3"], "DILATE=3 is invalid: works on masks: add MASK_THRESHOLD=0.5"),
+        (["FEATHER=2"], "FEATHER=2 is invalid: works on masks"),
+        (["MASK_THRESHOLD=0.5", "FEATHER=-1"], "FEATHER=-1 is invalid"),
+        (["MASK_THRESHOLD=0.5", "DILATE=1.5"], "DILATE=1.5 is invalid"),
+    ],
+)
 def test_mistakes_are_one_line_errors(images, slim_weights_dir, args, message):
     proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={images}", *args)
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1

@@ -210,8 +210,11 @@ def test_fixed_parameters_are_not_trainable():
     model = FaceSegmentationNet(21, channel_divisor=16)
     fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert fixed == {
-        "upscore2.weight", "upscore_pool4.weight", "upscore8.weight",
-        "scale_pool4.weight", "scale_pool3.weight",
+        "upscore2.weight",
+        "upscore_pool4.weight",
+        "upscore8.weight",
+        "scale_pool4.weight",
+        "scale_pool3.weight",
     }
     assert torch.all(model.scale_pool4.weight == 0.01)
     assert torch.all(model.scale_pool3.weight == 0.0001)
@@ -227,7 +230,9 @@ def test_crop_that_does_not_fit_raises():
 def test_layer_names_follow_the_prototxt(reference_prototxt):
     import re
 
-    caffe_layers = re.findall(r'name:\s*"([^"]+)"\s*\n\s*type:\s*"(Convolution|Deconvolution|Scale)"', reference_prototxt)
+    caffe_layers = re.findall(
+        r'name:\s*"([^"]+)"\s*\n\s*type:\s*"(Convolution|Deconvolution|Scale)"', reference_prototxt
+    )
     model = FaceSegmentationNet(21, channel_divisor=16)
     modules = {n for n, _ in model.named_children()}
     params = {k.rsplit(".", 1)[0] for k in model.state_dict()}

@@ -84,32 +84,58 @@ def test_every_written_file_gets_the_umask_permissions(tmp_path, images, slim_we
     url = server.add("/w.zip", _zip({"face_seg_fcn8s.pt": (slim_weights_dir / "face_seg_fcn8s.pt").read_bytes()}))
     out = tmp_path / "out"
     proc = run(
-        f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"OUT_DIR={out}", f"WEIGHTS_URL={url}",
-        "OVERLAY=true", "CUTOUT=true", f"GALLERY={tmp_path / 'gallery.png'}", f"BOXES={boxes}",
+        f"MODEL_PARAMS_DIR={weights}",
+        f"IMGS_DIR={images}",
+        f"OUT_DIR={out}",
+        f"WEIGHTS_URL={url}",
+        "OVERLAY=true",
+        "CUTOUT=true",
+        f"GALLERY={tmp_path / 'gallery.png'}",
+        f"BOXES={boxes}",
         umask=0o027,
     )
     assert proc.returncode == 1, proc.stderr  # broken.jpg failed
     written = [
         weights / "face_seg_fcn8s.pt",
-        out / "a__heatmap.png", out / "a__overlay.png", out / "a__cutout.png", out / "a__faces.json",
-        out / "face_segmentation_failures.csv", tmp_path / "gallery.png",
+        out / "a__heatmap.png",
+        out / "a__overlay.png",
+        out / "a__cutout.png",
+        out / "a__faces.json",
+        out / "face_segmentation_failures.csv",
+        tmp_path / "gallery.png",
     ]
-    proc = run(f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"OUT_DIR={tmp_path / 'm'}",
-               "MASK_THRESHOLD=0.5", umask=0o027)
+    proc = run(
+        f"MODEL_PARAMS_DIR={weights}",
+        f"IMGS_DIR={images}",
+        f"OUT_DIR={tmp_path / 'm'}",
+        "MASK_THRESHOLD=0.5",
+        umask=0o027,
+    )
     written += [tmp_path / "m" / "a__mask.png"]
     for fmt, name in (("png16", "a__heatmap16.png"), ("npy", "a__heatmap.npy")):
-        run(f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"OUT_DIR={tmp_path / fmt}",
-            f"HEATMAP_FORMAT={fmt}", umask=0o027)
+        run(
+            f"MODEL_PARAMS_DIR={weights}",
+            f"IMGS_DIR={images}",
+            f"OUT_DIR={tmp_path / fmt}",
+            f"HEATMAP_FORMAT={fmt}",
+            umask=0o027,
+        )
         written.append(tmp_path / fmt / name)
     net = make_caffe_net(tmp_path / "caffe", reference_prototxt, seed=4)
     for ext in (".pt", ".safetensors"):
         target = tmp_path / f"converted{ext}"
-        conv = run(str(net.caffemodel), str(target), *(["--safetensors"] if ext == ".safetensors" else []),
-                   module="face_segmentation_pytorch.convert", umask=0o027)
+        conv = run(
+            str(net.caffemodel),
+            str(target),
+            *(["--safetensors"] if ext == ".safetensors" else []),
+            module="face_segmentation_pytorch.convert",
+            umask=0o027,
+        )
         assert conv.returncode == 0, conv.stderr
         written.append(target)
-    exp = run(str(tmp_path / "net.onnx"), "--params-dir", str(weights),
-              module="face_segmentation_pytorch.export", umask=0o027)
+    exp = run(
+        str(tmp_path / "net.onnx"), "--params-dir", str(weights), module="face_segmentation_pytorch.export", umask=0o027
+    )
     assert exp.returncode == 0, exp.stderr
     written.append(tmp_path / "net.onnx")
     for path in written:
@@ -162,7 +188,9 @@ def test_existing_folders_are_kept_after_a_failed_run(tmp_path, images):
     weights, out = tmp_path / "weights", tmp_path / "outputs"
     weights.mkdir()
     out.mkdir()
-    proc = run(f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"OUT_DIR={out}", "WEIGHTS_URL=http://127.0.0.1:9/w.zip")
+    proc = run(
+        f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"OUT_DIR={out}", "WEIGHTS_URL=http://127.0.0.1:9/w.zip"
+    )
     assert proc.returncode == 3
     assert weights.is_dir() and out.is_dir()
 
@@ -179,8 +207,11 @@ def test_help_and_readme_list_the_same_exit_statuses_and_keys():
     table = set(re.findall(r"^\| `([A-Z_0-9]+)` \|", readme, re.M))
     assert set(KEYS) <= table, f"docs/keys.md's key table lacks {sorted(set(KEYS) - table)}"
     # The weights folder's look-up order reads the same in both.
-    for step in ("$FACE_SEGMENTATION_PYTORCH_HOME", "$XDG_CACHE_HOME/face_segmentation_pytorch",
-                 "~/.cache/face_segmentation_pytorch"):
+    for step in (
+        "$FACE_SEGMENTATION_PYTORCH_HOME",
+        "$XDG_CACHE_HOME/face_segmentation_pytorch",
+        "~/.cache/face_segmentation_pytorch",
+    ):
         assert step in text.replace("\n      ", " ") and step in readme
 
 
@@ -188,8 +219,9 @@ def test_help_and_readme_list_the_same_exit_statuses_and_keys():
 
 
 def test_progress_in_a_log_is_plain_lines_with_the_real_file_name(tmp_path, images, slim_weights_dir, server):
-    url = server.add("/face_seg_fcn8s_port.zip",
-                     _zip({"face_seg_fcn8s.pt": (slim_weights_dir / "face_seg_fcn8s.pt").read_bytes()}))
+    url = server.add(
+        "/face_seg_fcn8s_port.zip", _zip({"face_seg_fcn8s.pt": (slim_weights_dir / "face_seg_fcn8s.pt").read_bytes()})
+    )
     proc = run(f"MODEL_PARAMS_DIR={tmp_path / 'w'}", f"IMGS_DIR={images}", f"WEIGHTS_URL={url}")
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
@@ -209,15 +241,24 @@ def test_progress_on_a_terminal_is_a_bar(tmp_path, images, slim_weights_dir, ser
     import struct
     import termios
 
-    url = server.add("/face_seg_fcn8s_port.zip",
-                     _zip({"face_seg_fcn8s.pt": (slim_weights_dir / "face_seg_fcn8s.pt").read_bytes()}))
+    url = server.add(
+        "/face_seg_fcn8s_port.zip", _zip({"face_seg_fcn8s.pt": (slim_weights_dir / "face_seg_fcn8s.pt").read_bytes()})
+    )
     master, slave = pty.openpty()
     # A fresh pseudo-terminal is 0 columns wide, and tqdm trims its bar to that.
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={tmp_path / 'w'}",
-         f"IMGS_DIR={images}", f"WEIGHTS_URL={url}"],
-        stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "face_segmentation_pytorch",
+            f"MODEL_PARAMS_DIR={tmp_path / 'w'}",
+            f"IMGS_DIR={images}",
+            f"WEIGHTS_URL={url}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
     )
     os.close(slave)
     chunks = []
@@ -257,7 +298,9 @@ def test_onnxruntime_backend_says_it_exports_and_hides_exporter_noise(tmp_path, 
 
 def test_archive_with_a_state_dict_for_the_caffemodel_entry_is_accepted(tmp_path, images, slim_weights_dir, server):
     """The earlier port's release (a zip holding face_seg_fcn8s.pt) as WEIGHTS_URL with WEIGHTS=fcn8s_500."""
-    url = server.add("/face_seg_fcn8s.zip", _zip({"face_seg_fcn8s.pt": (slim_weights_dir / "face_seg_fcn8s.pt").read_bytes()}))
+    url = server.add(
+        "/face_seg_fcn8s.zip", _zip({"face_seg_fcn8s.pt": (slim_weights_dir / "face_seg_fcn8s.pt").read_bytes()})
+    )
     weights = tmp_path / "w"
     proc = run(f"MODEL_PARAMS_DIR={weights}", f"IMGS_DIR={images}", f"WEIGHTS_URL={url}", "PROGRESS=false")
     assert proc.returncode == 0, proc.stderr

@@ -19,8 +19,9 @@ from face_segmentation_pytorch.pipeline.precision import _cpu_has_native_bf16, c
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "face_segmentation_pytorch", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "face_segmentation_pytorch", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +31,21 @@ def photo() -> np.ndarray:
     return np.stack([200 * blob + 30, 120 + 50 * blob, 180 - 100 * blob], -1).astype(np.uint8)
 
 
-@pytest.mark.parametrize("precision, message", [
-    ("fp16", "refused on the CPU"),
-    ("tf32", "only on CUDA"),
-    ("fp64", "expected fp32, tf32, fp16 or bf16"),
-])
+@pytest.mark.parametrize(
+    "precision, message",
+    [
+        ("fp16", "refused on the CPU"),
+        ("tf32", "only on CUDA"),
+        ("fp64", "expected fp32, tf32, fp16 or bf16"),
+    ],
+)
 def test_cpu_refusals_are_one_line_errors(tmp_path, slim_weights_dir, precision, message):
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={tmp_path}", "DEVICE=cpu", f"PRECISION={precision}")
+    proc = run_cli(
+        f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={tmp_path}", "DEVICE=cpu", f"PRECISION={precision}"
+    )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and "PRECISION=" in proc.stderr and precision in proc.stderr
 
@@ -63,8 +69,12 @@ def test_bf16_on_the_cpu_runs_where_supported_and_stays_close(slim_weights_dir, 
 
 def test_tf32_switches_are_scoped_and_restored():
     cuda = torch.device("cuda")  # the switches exist without a GPU
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
         with precision_scope("fp32", cuda):
@@ -129,6 +139,7 @@ def test_compile_falls_back_with_one_line_where_unavailable(monkeypatch, slim_we
     def broken(model, **kwargs):
         def fails(*a, **k):
             raise RuntimeError("no C++ compiler found\nlong details")
+
         return fails
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -137,7 +148,9 @@ def test_compile_falls_back_with_one_line_where_unavailable(monkeypatch, slim_we
     plain = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=None, input_size=64).segment(photo)
     np.testing.assert_array_equal(got.pmap, plain.pmap)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "not available" in ln]
-    assert lines == ["face_segmentation_pytorch: compilation is not available here (no C++ compiler found); running uncompiled"]
+    assert lines == [
+        "face_segmentation_pytorch: compilation is not available here (no C++ compiler found); running uncompiled"
+    ]
 
 
 def test_a_batch_that_does_not_fit_is_split_and_retried(capsys):

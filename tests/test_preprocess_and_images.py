@@ -18,7 +18,9 @@ def _rgb(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("src, dst", [((37, 53), (500, 500)), ((640, 480), (500, 500)), ((500, 500), (300, 300)), ((1, 1), (500, 500))])
+@pytest.mark.parametrize(
+    "src, dst", [((37, 53), (500, 500)), ((640, 480), (500, 500)), ((500, 500), (300, 300)), ((1, 1), (500, 500))]
+)
 def test_bicubic_resize_matches_opencv_inter_cubic(src, dst):
     import cv2
 
@@ -199,6 +201,7 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
 def test_signed_sixteen_bit_tiff_spans_its_own_range(tmp_path):
     """A signed 16-bit TIFF (SampleFormat 2) holds 0..32767 above zero: full scale is 32767."""
     import tifffile  # requirements-test.txt: Pillow cannot write signed 16-bit TIFFs
+
     path = tmp_path / "s16.tif"
     tifffile.imwrite(path, np.array([[0, 200], [-5, 32767]], np.int16))
     out = np.asarray(load_image(path))[..., 0]

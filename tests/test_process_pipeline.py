@@ -27,16 +27,12 @@ from test_cli import _photo, run_cli
 
 import face_segmentation_pytorch as fsp
 from face_segmentation_pytorch.pipeline.families import Preprocessing
-from face_segmentation_pytorch.pipeline.workers import Job
 from face_segmentation_pytorch.pipeline.preprocess import normalize_inputs, prepare_input, prepare_uint8
+from face_segmentation_pytorch.pipeline.workers import Job
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _same_outputs(a: Path, b: Path) -> None:
@@ -60,19 +56,37 @@ def mixed(tmp_path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("extra", [
-    ("BATCH_SIZE=3", "OVERLAY=true", "CUTOUT=true", "GALLERY={out}/gallery.png"),
-    ("BATCH_SIZE=2", "MASK_THRESHOLD=0.5", "POSTPROCESS=full", "DILATE=3", "FEATHER=2", "OVERLAY=true",
-     "INPUT_SIZE=null"),
-    ("HEATMAP_FORMAT=npy", "BATCH_SIZE=4"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("BATCH_SIZE=3", "OVERLAY=true", "CUTOUT=true", "GALLERY={out}/gallery.png"),
+        (
+            "BATCH_SIZE=2",
+            "MASK_THRESHOLD=0.5",
+            "POSTPROCESS=full",
+            "DILATE=3",
+            "FEATHER=2",
+            "OVERLAY=true",
+            "INPUT_SIZE=null",
+        ),
+        ("HEATMAP_FORMAT=npy", "BATCH_SIZE=4"),
+    ],
+)
 def test_processes_write_what_threads_write(tmp_path, mixed, slim_weights_dir, extra):
     runs = {}
     for pipeline in ("threads", "processes"):
         out = tmp_path / pipeline
         args = [a.format(out=out) for a in extra]
-        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={mixed}", f"OUT_DIR={out}",
-                       "RECURSIVE=true", f"PIPELINE={pipeline}", "WORKERS=2", "PROGRESS=false", *args)
+        proc = run_cli(
+            f"MODEL_PARAMS_DIR={slim_weights_dir}",
+            f"IMGS_DIR={mixed}",
+            f"OUT_DIR={out}",
+            "RECURSIVE=true",
+            f"PIPELINE={pipeline}",
+            "WORKERS=2",
+            "PROGRESS=false",
+            *args,
+        )
         assert proc.returncode == 1, proc.stderr  # the broken file
         assert "5 images done, 1 failed" in proc.stderr.splitlines()[-1]
         runs[pipeline] = proc.stderr
@@ -86,9 +100,17 @@ def test_processes_with_boxes_and_per_face_masks(tmp_path, mixed, slim_weights_d
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("path,x,y,w,h\nportrait.jpg,10,10,50,60\nportrait.jpg,40,50,45,60\nwide.png,100,0,60,64\n")
     for pipeline in ("threads", "processes"):
-        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={mixed}", f"OUT_DIR={tmp_path / pipeline}",
-                       f"BOXES={boxes}", "MASK_THRESHOLD=0.5", "PER_FACE=true", "CUTOUT=true",
-                       f"PIPELINE={pipeline}", "PROGRESS=false")
+        proc = run_cli(
+            f"MODEL_PARAMS_DIR={slim_weights_dir}",
+            f"IMGS_DIR={mixed}",
+            f"OUT_DIR={tmp_path / pipeline}",
+            f"BOXES={boxes}",
+            "MASK_THRESHOLD=0.5",
+            "PER_FACE=true",
+            "CUTOUT=true",
+            f"PIPELINE={pipeline}",
+            "PROGRESS=false",
+        )
         assert proc.returncode == 1, proc.stderr
     _same_outputs(tmp_path / "threads", tmp_path / "processes")
     assert (tmp_path / "processes" / "portrait__face1__mask.png").is_file()
@@ -109,9 +131,17 @@ def test_linknet_native_size_in_processes(tmp_path, slim_weights_dir):
     _photo(64, 90, 1).save(imgs / "b.png")  # pads to 64x96: a batch of its own
     _photo(65, 97, 2).save(imgs / "c.png")  # pads to 96x128 like a.png: one batch of two shapes
     for pipeline in ("threads", "processes"):
-        proc = run_cli(f"MODEL_PARAMS_DIR={params}", f"IMGS_DIR={imgs}", f"OUT_DIR={tmp_path / pipeline}",
-                       "WEIGHTS=linknet34_oneflow", "INPUT_SIZE=null", "BATCH_SIZE=3", "HEATMAP_FORMAT=npy",
-                       f"PIPELINE={pipeline}", "PROGRESS=false")
+        proc = run_cli(
+            f"MODEL_PARAMS_DIR={params}",
+            f"IMGS_DIR={imgs}",
+            f"OUT_DIR={tmp_path / pipeline}",
+            "WEIGHTS=linknet34_oneflow",
+            "INPUT_SIZE=null",
+            "BATCH_SIZE=3",
+            "HEATMAP_FORMAT=npy",
+            f"PIPELINE={pipeline}",
+            "PROGRESS=false",
+        )
         assert proc.returncode == 0, proc.stderr
     _same_outputs(tmp_path / "threads", tmp_path / "processes")
     # And each equals that image run alone through the API (its own padding).
@@ -159,9 +189,18 @@ def test_ctrl_c_with_worker_processes(tmp_path, slim_weights_dir, whole_group):
     last = FifoImage(src / "img39.png")
     listed = tmp_path / "images.txt"  # a folder lists regular files only; a list names any file
     listed.write_text("".join(f"many/img{i:02d}.png\n" for i in range(40)))
-    cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-           f"IMGS_DIR={listed}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2",
-           "DEVICE=cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "face_segmentation_pytorch",
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={listed}",
+        f"OUT_DIR={out}",
+        "PROGRESS=false",
+        "PIPELINE=processes",
+        "WORKERS=2",
+        "DEVICE=cpu",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         last.wait_until_read(proc)
@@ -218,13 +257,25 @@ def _gone(pids: list[int], timeout: float = 20) -> bool:
 
 def test_a_killed_worker_is_replaced_and_every_image_is_written(tmp_path, slim_weights_dir):
     src, out = _many(tmp_path), tmp_path / "out"
-    cmd = [sys.executable, "-m", "face_segmentation_pytorch", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-           f"IMGS_DIR={src}", f"OUT_DIR={out}", "PROGRESS=false", "PIPELINE=processes", "WORKERS=2",
-           "DEVICE=cpu"]  # the CPU's pace: a GPU could finish all 40 images before the signal lands
+    cmd = [
+        sys.executable,
+        "-m",
+        "face_segmentation_pytorch",
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={src}",
+        f"OUT_DIR={out}",
+        "PROGRESS=false",
+        "PIPELINE=processes",
+        "WORKERS=2",
+        "DEVICE=cpu",
+    ]  # the CPU's pace: a GPU could finish all 40 images before the signal lands
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_outputs(out, proc)
-    workers = [c for c in _children(proc.pid)
-               if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
+    workers = [
+        c
+        for c in _children(proc.pid)
+        if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")
+    ]
     assert workers, "no worker process found"
     os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
@@ -259,8 +310,16 @@ def test_an_image_that_kills_its_worker_is_reported_and_the_rest_are_written(tmp
     # The worker processes unpickle the job: its class must be importable there,
     # as this test module is (tests/ is on the path they inherit).
     monkeypatch.setattr(workers_module, "Job", _CrashOnPoison)
-    args = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={src}", f"OUT_DIR={out}", "PIPELINE=processes",
-            "WORKERS=2", "BATCH_SIZE=3", "PROGRESS=false", "DEVICE=cpu"]
+    args = [
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={src}",
+        f"OUT_DIR={out}",
+        "PIPELINE=processes",
+        "WORKERS=2",
+        "BATCH_SIZE=3",
+        "PROGRESS=false",
+        "DEVICE=cpu",
+    ]
     assert cli.main(args) == 1
     rows = list(csv.reader(open(out / "face_segmentation_failures.csv")))
     assert [(Path(r[0]).name, r[1]) for r in rows[1:]] == [("poison.png", "worker")]
@@ -294,11 +353,14 @@ def test_no_worker_outlives_the_run(tmp_path, slim_weights_dir):
 # --------------------------------------------------------------------------- the uint8 hand-over
 
 
-@pytest.mark.parametrize("pre", [
-    Preprocessing(500, "BGR", (104.00698793, 116.66876762, 122.67891434)),
-    Preprocessing(256, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pil_bilinear"),
-    Preprocessing(256, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pil_bilinear", True),
-])
+@pytest.mark.parametrize(
+    "pre",
+    [
+        Preprocessing(500, "BGR", (104.00698793, 116.66876762, 122.67891434)),
+        Preprocessing(256, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pil_bilinear"),
+        Preprocessing(256, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pil_bilinear", True),
+    ],
+)
 @pytest.mark.parametrize("pre_normalize", [False, True])
 def test_uint8_then_normalize_equals_the_float_path_alone_and_in_batches(pre, pre_normalize):
     rng = np.random.default_rng(0)
@@ -354,11 +416,14 @@ def test_preparer_and_assembler_travel_to_processes_but_a_detector_object_does_n
         pickle.dumps(Preparer(seg.preprocessing, 500, crop=Detector()))
 
 
-@pytest.mark.parametrize("args, message", [
-    (("PIPELINE=fast",), "PIPELINE='fast' is invalid: expected auto, threads or processes"),
-    (("WORKERS=0",), "WORKERS=0 is invalid: expected auto or an integer >= 1"),
-    (("PIPELINE=processes", "ENGINE=ray"), "ENGINE=ray's actors are processes already"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("PIPELINE=fast",), "PIPELINE='fast' is invalid: expected auto, threads or processes"),
+        (("WORKERS=0",), "WORKERS=0 is invalid: expected auto or an integer >= 1"),
+        (("PIPELINE=processes", "ENGINE=ray"), "ENGINE=ray's actors are processes already"),
+    ],
+)
 def test_pipeline_mistakes_are_one_line_errors(tmp_path, slim_weights_dir, args, message):
     (tmp_path / "imgs").mkdir()
     _photo(20, 20, 0).save(tmp_path / "imgs" / "a.png")
@@ -392,8 +457,10 @@ def test_masks_thresholded_on_the_device_equal_the_host_rule(slim_weights_dir):
         assert a.pmap is None and a.size == b.size
         np.testing.assert_array_equal(a.mask, b.mask)
     # The comparison is made in float32 on both sides (float32(0.3) is not above 0.3).
-    x = np.array([np.float32(0.3), np.nextafter(np.float32(0.3), np.float32(0)),
-                  np.nextafter(np.float32(0.3), np.float32(1))], dtype=np.float32)
+    x = np.array(
+        [np.float32(0.3), np.nextafter(np.float32(0.3), np.float32(0)), np.nextafter(np.float32(0.3), np.float32(1))],
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal((torch.from_numpy(x) > 0.3).numpy(), x > 0.3)
     with pytest.raises(ValueError, match="needs a threshold"):
         fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=None).start(prepared, masks_only=True)
@@ -406,9 +473,18 @@ def test_face_detection_in_worker_processes(tmp_path, slim_weights_dir):
 
     folder = _photo_folder(tmp_path)
     for pipeline in ("threads", "processes"):
-        proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={folder}", f"OUT_DIR={tmp_path / pipeline}",
-                       "CROP=faces", "MASK_THRESHOLD=0.5", "PER_FACE=true", "OVERLAY=true",
-                       f"PIPELINE={pipeline}", "WORKERS=2", "PROGRESS=false")
+        proc = run_cli(
+            f"MODEL_PARAMS_DIR={slim_weights_dir}",
+            f"IMGS_DIR={folder}",
+            f"OUT_DIR={tmp_path / pipeline}",
+            "CROP=faces",
+            "MASK_THRESHOLD=0.5",
+            "PER_FACE=true",
+            "OVERLAY=true",
+            f"PIPELINE={pipeline}",
+            "WORKERS=2",
+            "PROGRESS=false",
+        )
         assert proc.returncode == 0, proc.stderr
         assert "3 images done, 0 failed, 0 skipped (outputs exist), 1 without a face" in proc.stderr.splitlines()[-1]
     _same_outputs(tmp_path / "threads", tmp_path / "processes")
@@ -442,8 +518,9 @@ def test_prepared_float_inputs_and_live_settings_keep_their_old_meaning(slim_wei
     seg = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", progress=False)
     img = np.asarray(_photo(50, 60, 0))
     want = seg.segment(img)
-    old_style = Prepared(None, None, [prepare_input(img, seg.preprocessing, size=seg.input_size)], [(50, 60)],
-                         None, [None], (50, 60))
+    old_style = Prepared(
+        None, None, [prepare_input(img, seg.preprocessing, size=seg.input_size)], [(50, 60)], None, [None], (50, 60)
+    )
     np.testing.assert_array_equal(seg.run([old_style])[0].pmap, want.pmap)
     higher = float(np.quantile(want.pmap, 0.75))
     seg.threshold = higher
@@ -463,8 +540,16 @@ def test_workers_that_cannot_start_give_one_error_line(tmp_path, slim_weights_di
     (tmp_path / "imgs").mkdir()
     _photo(30, 30, 0).save(tmp_path / "imgs" / "a.png")
     monkeypatch.setattr(workers_module, "_init_process", _die_at_start)  # every worker dies as it starts
-    rc = cli.main([f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={tmp_path / 'imgs'}", "PIPELINE=processes",
-                   "WORKERS=2", "PROGRESS=false", "DEVICE=cpu"])
+    rc = cli.main(
+        [
+            f"MODEL_PARAMS_DIR={slim_weights_dir}",
+            f"IMGS_DIR={tmp_path / 'imgs'}",
+            "PIPELINE=processes",
+            "WORKERS=2",
+            "PROGRESS=false",
+            "DEVICE=cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "error: PIPELINE=processes: the worker processes died before reading any image" in err

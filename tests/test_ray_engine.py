@@ -37,8 +37,8 @@ from test_cli import _last_line, _photo, run_cli
 
 import face_segmentation_pytorch as fsp
 from face_segmentation_pytorch import cli
-from face_segmentation_pytorch.jobs.local import run_local
 from face_segmentation_pytorch.errors import ConfigError
+from face_segmentation_pytorch.jobs.local import run_local
 from face_segmentation_pytorch.pipeline import ray_engine
 from face_segmentation_pytorch.pipeline.ray_engine import plan_actors, remove_stale_partials
 
@@ -129,10 +129,15 @@ def test_ray_keys_are_checked(args, message):
 
 
 def test_ray_keys_parse():
-    cfg = cli.parse_args(["IMGS_DIR=x", "ENGINE=ray", "RAY_NUM_ACTORS=4", "RAY_GPUS_PER_ACTOR=0.5",
-                          "RAY_ADDRESS=10.0.0.1:6379"])
+    cfg = cli.parse_args(
+        ["IMGS_DIR=x", "ENGINE=ray", "RAY_NUM_ACTORS=4", "RAY_GPUS_PER_ACTOR=0.5", "RAY_ADDRESS=10.0.0.1:6379"]
+    )
     assert (cfg["ENGINE"], cfg["RAY_NUM_ACTORS"], cfg["RAY_GPUS_PER_ACTOR"], cfg["RAY_ADDRESS"]) == (
-        "ray", 4, 0.5, "10.0.0.1:6379")
+        "ray",
+        4,
+        0.5,
+        "10.0.0.1:6379",
+    )
     assert cli.parse_args(["IMGS_DIR=x"])["ENGINE"] == "local"
 
 
@@ -257,13 +262,24 @@ def test_list_file_boxes_per_face_feather_match_local(ray_session, tmp_path, sli
     """A list-file input, user boxes, per-face masks, feathered masks, overlays and cut-outs."""
     _make_inputs(tmp_path / "photos")
     listing = tmp_path / "list.txt"
-    listing.write_text("# inputs\nphotos/img0.png\nphotos/sub/img1.jpg\nphotos/img2.jpg\nphotos/broken.jpg\n"
-                       "photos/missing.jpg\n")
+    listing.write_text(
+        "# inputs\nphotos/img0.png\nphotos/sub/img1.jpg\nphotos/img2.jpg\nphotos/broken.jpg\nphotos/missing.jpg\n"
+    )
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"img0.png": [[10, 10, 40, 50], [50, 30, 30, 30]], "sub/img1.jpg": [[5, 5, 60, 60]]}))
-    common = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={listing}", "MASK_THRESHOLD=0.5",
-              f"BOXES={boxes}", "PER_FACE=true", "FEATHER=2", "DILATE=1", "POSTPROCESS=largest",
-              "OVERLAY=true", "CUTOUT=true", "DEVICE=cpu"]  # masks compared byte for byte: both engines on the CPU
+    common = [
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={listing}",
+        "MASK_THRESHOLD=0.5",
+        f"BOXES={boxes}",
+        "PER_FACE=true",
+        "FEATHER=2",
+        "DILATE=1",
+        "POSTPROCESS=largest",
+        "OVERLAY=true",
+        "CUTOUT=true",
+        "DEVICE=cpu",
+    ]  # masks compared byte for byte: both engines on the CPU
     assert _main(*common, f"OUT_DIR={tmp_path / 'local'}") == 1
     local_err = capfd.readouterr().err
     assert _main(*common, f"OUT_DIR={tmp_path / 'ray'}", "ENGINE=ray", "RAY_NUM_ACTORS=2") == 1
@@ -275,8 +291,11 @@ def test_list_file_boxes_per_face_feather_match_local(ray_session, tmp_path, sli
     pick = lambda err: [ln for ln in err.splitlines() if ln.startswith(("failed", "no face"))]  # noqa: E731
     assert pick(ray_err) == pick(local_err) and len(pick(ray_err)) == 3
     summary = lambda err: err.strip().splitlines()[-1].split(", ")[:4]  # noqa: E731
-    assert summary(ray_err) == summary(local_err) == [
-        "face_segmentation_pytorch: 3 images done", "2 failed", "0 skipped (outputs exist)", "1 without a face"]
+    assert (
+        summary(ray_err)
+        == summary(local_err)
+        == ["face_segmentation_pytorch: 3 images done", "2 failed", "0 skipped (outputs exist)", "1 without a face"]
+    )
 
 
 def test_glob_heatmaps_next_to_images_and_resume(ray_session, tmp_path, slim_weights_dir, capfd):
@@ -314,8 +333,15 @@ def test_glob_heatmaps_next_to_images_and_resume(ray_session, tmp_path, slim_wei
 
 def test_native_size_npy_heatmaps_match_local(ray_session, tmp_path, slim_weights_dir, capfd):
     src = _make_inputs(tmp_path / "photos")
-    common = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={src}", "RECURSIVE=true", "INPUT_SIZE=null",
-              "HEATMAP_FORMAT=npy", "BATCH_SIZE=3", "FAILURE_LOG=null"]
+    common = [
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={src}",
+        "RECURSIVE=true",
+        "INPUT_SIZE=null",
+        "HEATMAP_FORMAT=npy",
+        "BATCH_SIZE=3",
+        "FAILURE_LOG=null",
+    ]
     assert _main(*common, f"OUT_DIR={tmp_path / 'local'}") == 1
     assert _main(*common, f"OUT_DIR={tmp_path / 'ray'}", "ENGINE=ray", "RAY_NUM_ACTORS=1") == 1
     capfd.readouterr()
@@ -339,8 +365,15 @@ def test_linknet34_masks_match_local(ray_session, tmp_path, capfd):
     # A threshold inside the maps' range, so the masks have edges to get wrong.
     pmap = fsp.FaceSegmenter(net.eval(), device="cpu", threshold=None).segment(src / "img0.png").pmap
     threshold = round(float(np.median(pmap)), 2)
-    common = [f"MODEL_PARAMS_DIR={weights}", "WEIGHTS=linknet34_oneflow", f"IMGS_DIR={src}", "RECURSIVE=true",
-              f"MASK_THRESHOLD={threshold}", "OVERLAY=true", "DEVICE=cpu"]  # masks byte for byte: both on the CPU
+    common = [
+        f"MODEL_PARAMS_DIR={weights}",
+        "WEIGHTS=linknet34_oneflow",
+        f"IMGS_DIR={src}",
+        "RECURSIVE=true",
+        f"MASK_THRESHOLD={threshold}",
+        "OVERLAY=true",
+        "DEVICE=cpu",
+    ]  # masks byte for byte: both on the CPU
     assert _main(*common, f"OUT_DIR={tmp_path / 'local'}") == 1
     assert _main(*common, f"OUT_DIR={tmp_path / 'ray'}", "ENGINE=ray", "RAY_NUM_ACTORS=2", "BATCH_SIZE=2") == 1
     capfd.readouterr()
@@ -355,15 +388,20 @@ def test_segment_dataset_from_bytes(ray_session, tmp_path, slim_weights_dir):
     src = _make_inputs(tmp_path / "photos", n=3)
     ds = ray.data.read_binary_files(str(src), include_paths=True)
     # CPU numbers: compared exactly with the CPU FaceSegmenter below.
-    settings = {"MODEL_PARAMS_DIR": str(slim_weights_dir), "MASK_THRESHOLD": 0.5, "POSTPROCESS": "fill_holes",
-                "DEVICE": "cpu"}
+    settings = {
+        "MODEL_PARAMS_DIR": str(slim_weights_dir),
+        "MASK_THRESHOLD": 0.5,
+        "POSTPROCESS": "fill_holes",
+        "DEVICE": "cpu",
+    }
     rows = {Path(r["path"]).name: r for r in ray_engine.segment_dataset(ds, settings, num_actors=1).take_all()}
     assert sorted(rows) == ["broken.jpg", "img0.png", "img1.jpg", "img2.jpg"]  # sub-folders too
     bad = rows["broken.jpg"]
     assert (bad["status"], bad["stage"]) == ("failed", "read")
     assert bad["reason"].startswith(f"{bad['path']}: ")  # the source, not a temporary file
-    seg = fsp.FaceSegmenter(params_dir=slim_weights_dir, device="cpu", threshold=0.5, postprocess="fill_holes",
-                            progress=False)
+    seg = fsp.FaceSegmenter(
+        params_dir=slim_weights_dir, device="cpu", threshold=0.5, postprocess="fill_holes", progress=False
+    )
     for name, where in (("img0.png", src), ("img1.jpg", src / "sub"), ("img2.jpg", src)):
         expected = seg.segment(where / name)
         row = rows[name]
@@ -383,11 +421,24 @@ _OUR_LINES = ("face_segmentation_pytorch: ", "segmenting: ", "failed (", "no fac
 def test_cli_subprocess_matches_local_and_is_quiet(tmp_path, slim_weights_dir):
     _need_ray()
     src = _make_inputs(tmp_path / "photos", n=6)
-    common = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={src}", "RECURSIVE=true", "MASK_THRESHOLD=0.5",
-              "POSTPROCESS=full", "OVERLAY=true", "DEVICE=cpu"]  # masks and gallery byte for byte: both on the CPU
+    common = [
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={src}",
+        "RECURSIVE=true",
+        "MASK_THRESHOLD=0.5",
+        "POSTPROCESS=full",
+        "OVERLAY=true",
+        "DEVICE=cpu",
+    ]  # masks and gallery byte for byte: both on the CPU
     local = run_cli(*common, f"OUT_DIR={tmp_path / 'local'}", f"GALLERY={tmp_path / 'local.png'}")
-    ray = run_cli(*common, f"OUT_DIR={tmp_path / 'ray'}", f"GALLERY={tmp_path / 'ray.png'}", "ENGINE=ray",
-                  "RAY_NUM_ACTORS=2", "BATCH_SIZE=2")
+    ray = run_cli(
+        *common,
+        f"OUT_DIR={tmp_path / 'ray'}",
+        f"GALLERY={tmp_path / 'ray.png'}",
+        "ENGINE=ray",
+        "RAY_NUM_ACTORS=2",
+        "BATCH_SIZE=2",
+    )
     assert local.returncode == ray.returncode == 1, ray.stderr
     _same_outputs(tmp_path / "local", tmp_path / "ray", csv_paths=_dirs(tmp_path))
     assert (tmp_path / "local.png").read_bytes() == (tmp_path / "ray.png").read_bytes()
@@ -433,8 +484,14 @@ def test_killed_actor_is_replaced_and_every_output_is_written_once(tmp_path, sli
     for i in range(32):
         _photo(160, 160, i).save(src / f"img{i:02d}.png")
     out = tmp_path / "out"
-    job = [f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={src}", "MASK_THRESHOLD=0.5", "OVERLAY=true",
-           "PROGRESS=false", "DEVICE=cpu"]  # masks compared byte for byte with the local run: both on the CPU
+    job = [
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={src}",
+        "MASK_THRESHOLD=0.5",
+        "OVERLAY=true",
+        "PROGRESS=false",
+        "DEVICE=cpu",
+    ]  # masks compared byte for byte with the local run: both on the CPU
     cmd = [sys.executable, "-m", "face_segmentation_pytorch", *job, f"OUT_DIR={out}", "ENGINE=ray", "RAY_NUM_ACTORS=2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -468,7 +525,8 @@ def test_killed_actor_is_replaced_and_every_output_is_written_once(tmp_path, sli
     # Every output once, whole, under its final name; no temporary file left
     # (and the record of the settings that made them, the rerun rule).
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"img{i:02d}{k}" for i in range(32) for k in ("__mask.png", "__overlay.png")] + ["face_segmentation_run.json"])
+        [f"img{i:02d}{k}" for i in range(32) for k in ("__mask.png", "__overlay.png")] + ["face_segmentation_run.json"]
+    )
     # ...and each equal to the local engine's.
     local = run_cli(*job, f"OUT_DIR={tmp_path / 'local'}")
     assert local.returncode == 0, local.stderr
@@ -487,8 +545,13 @@ def test_bad_ray_address_is_one_line_and_exit_2(tmp_path, slim_weights_dir):
     _photo(30, 30, 0).save(tmp_path / "imgs" / "a.png")
     port = _free_port()
     start = time.monotonic()
-    proc = run_cli("ENGINE=ray", f"RAY_ADDRESS=127.0.0.1:{port}", f"IMGS_DIR={tmp_path / 'imgs'}",
-                   f"MODEL_PARAMS_DIR={slim_weights_dir}", timeout=120)
+    proc = run_cli(
+        "ENGINE=ray",
+        f"RAY_ADDRESS=127.0.0.1:{port}",
+        f"IMGS_DIR={tmp_path / 'imgs'}",
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there")

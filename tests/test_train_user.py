@@ -97,7 +97,13 @@ def test_resume_with_out_dir_alone_continues_from_the_saved_settings(data12, tmp
     work.mkdir()
     (work / "data").symlink_to(data12, target_is_directory=True)
     first = run_train(
-        "DATA_DIR=data", "OUT_DIR=runs/a", *FAST_FCN, "OPTIMIZER=adamw", "LR=0.002", "EPOCHS=4", "STOP_AFTER=1",
+        "DATA_DIR=data",
+        "OUT_DIR=runs/a",
+        *FAST_FCN,
+        "OPTIMIZER=adamw",
+        "LR=0.002",
+        "EPOCHS=4",
+        "STOP_AFTER=1",
         cwd=work,
     )
     assert first.returncode == 0, first.stderr
@@ -146,8 +152,12 @@ def test_resume_compares_keys_given_again_as_the_user_meant_them(data12, tmp_pat
 
     # DATA_DIR spelled as the folder the run's relative "data" links to.
     same = run_train(
-        "RESUME=true", f"DATA_DIR={data12}", f"OUT_DIR={work / 'runs' / '..' / 'runs' / 'a'}", *FAST_FCN,
-        "EPOCHS=2", cwd=work,
+        "RESUME=true",
+        f"DATA_DIR={data12}",
+        f"OUT_DIR={work / 'runs' / '..' / 'runs' / 'a'}",
+        *FAST_FCN,
+        "EPOCHS=2",
+        cwd=work,
     )
     assert same.returncode == 0, same.stderr
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
@@ -185,8 +195,15 @@ def test_two_images_per_batch_at_32_train(tmp_path):
 
     data = make_synthetic_dataset(tmp_path / "two", 2, size=32, seed=2)
     result = fsp.train(
-        data, tmp_path / "a", weights="linknet34_oneflow", input_size=32, batch_size=2, val_fraction=0, epochs=1,
-        threads=1, progress=False,
+        data,
+        tmp_path / "a",
+        weights="linknet34_oneflow",
+        input_size=32,
+        batch_size=2,
+        val_fraction=0,
+        epochs=1,
+        threads=1,
+        progress=False,
     )
     assert result.epochs_done == 1
 
@@ -253,9 +270,19 @@ def imagenet_args(data: Path, out: Path, params: Path, url: str) -> tuple[str, .
     # LR 1e-30: one step moves no float32 weight of the size these have, so the
     # parameters at the end are those training started from.
     return (
-        f"DATA_DIR={data}", f"OUT_DIR={out}", "INIT=imagenet", f"IMAGENET_URL={url}", f"MODEL_PARAMS_DIR={params}",
-        "INPUT_SIZE=32", "BATCH_SIZE=2", "VAL_FRACTION=0", "EPOCHS=1", "LR=1e-30", "WEIGHT_DECAY=0",
-        "THREADS=1", "PROGRESS=false",
+        f"DATA_DIR={data}",
+        f"OUT_DIR={out}",
+        "INIT=imagenet",
+        f"IMAGENET_URL={url}",
+        f"MODEL_PARAMS_DIR={params}",
+        "INPUT_SIZE=32",
+        "BATCH_SIZE=2",
+        "VAL_FRACTION=0",
+        "EPOCHS=1",
+        "LR=1e-30",
+        "WEIGHT_DECAY=0",
+        "THREADS=1",
+        "PROGRESS=false",
     )
 
 
@@ -334,8 +361,17 @@ def test_linknet34_fine_tuned_from_a_weights_file_keeps_its_batchnorm(data12, tm
     torch.save(start, tmp_path / "start.pt")
     out = tmp_path / "run"
     proc = run_train(
-        f"DATA_DIR={data12}", f"OUT_DIR={out}", "WEIGHTS=linknet34_oneflow", f"INIT={tmp_path / 'start.pt'}",
-        "INPUT_SIZE=32", "BATCH_SIZE=4", "EPOCHS=1", "LR=0.01", "THREADS=1", "PROGRESS=false", "DEVICE=cpu",
+        f"DATA_DIR={data12}",
+        f"OUT_DIR={out}",
+        "WEIGHTS=linknet34_oneflow",
+        f"INIT={tmp_path / 'start.pt'}",
+        "INPUT_SIZE=32",
+        "BATCH_SIZE=4",
+        "EPOCHS=1",
+        "LR=0.01",
+        "THREADS=1",
+        "PROGRESS=false",
+        "DEVICE=cpu",
     )
     assert proc.returncode == 0, proc.stderr
     segmenter = fsp.FaceSegmenter("linknet34_oneflow", weights_file=out / "best.pt", device="cpu", input_size=32)

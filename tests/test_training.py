@@ -28,6 +28,7 @@ from torch import nn
 
 import face_segmentation_pytorch as fsp
 from face_segmentation_pytorch.errors import ConfigError, WeightsError
+from face_segmentation_pytorch.keys import merge_options
 from face_segmentation_pytorch.models.fcn8s import FaceSegmentationNet, scores_to_pmap
 from face_segmentation_pytorch.models.linknet import LinkNet34
 from face_segmentation_pytorch.pipeline.preprocess import prepare_input
@@ -42,7 +43,6 @@ from face_segmentation_pytorch.training.data import (
     synthetic_faces,
 )
 from face_segmentation_pytorch.training.losses import face_logit, soft_jaccard_loss
-from face_segmentation_pytorch.keys import merge_options
 from face_segmentation_pytorch.training.trainer import TRAIN_KEYS, LRSchedule, build_model, check_train_config
 
 
@@ -392,8 +392,16 @@ def test_stopped_in_validation_resumes_there(small_data, tmp_path, monkeypatch):
     from face_segmentation_pytorch.training.trainer import Trainer
 
     # On the CPU: exact resume is a CPU promise (README); CUDA kernels need not repeat bit for bit.
-    opts = dict(model=lambda: TinySegNet(4), input_size=32, epochs=2, batch_size=4, lr=0.05, threads=1, progress=False,
-                device="cpu")
+    opts = dict(
+        model=lambda: TinySegNet(4),
+        input_size=32,
+        epochs=2,
+        batch_size=4,
+        lr=0.05,
+        threads=1,
+        progress=False,
+        device="cpu",
+    )
     fsp.train(small_data, tmp_path / "a", **opts)
     real = Trainer._validate
     calls = []
@@ -537,8 +545,13 @@ def test_imagenet_init_reads_a_torchvision_file_and_says_which_file_is_missing(t
     folder = tmp_path / "params"
     cfg = check_train_config(
         merge_options(
-            {"data_dir": tmp_path, "out_dir": tmp_path / "o", "init": "imagenet", "model_params_dir": folder,
-             "imagenet_url": None},  # never download (test_train_user.py downloads from a local server)
+            {
+                "data_dir": tmp_path,
+                "out_dir": tmp_path / "o",
+                "init": "imagenet",
+                "model_params_dir": folder,
+                "imagenet_url": None,
+            },  # never download (test_train_user.py downloads from a local server)
             TRAIN_KEYS,
         )
     )

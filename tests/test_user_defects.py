@@ -145,9 +145,21 @@ def test_evaluate_scores_a_training_runs_own_validation_split(tmp_path, slim_wei
     data = make_synthetic_dataset(tmp_path / "data", 12, size=32, seed=4)
     run = tmp_path / "run"
     proc = run_module(
-        "train", f"DATA_DIR={data}", f"OUT_DIR={run}", "WEIGHTS=fcn8s_500", "INIT=pretrained",
-        f"MODEL_PARAMS_DIR={slim_weights_dir}", "INPUT_SIZE=32", "EPOCHS=1", "BATCH_SIZE=4", "LR=0.0001",
-        "VAL_FRACTION=0.25", "SEED=3", "THREADS=1", "PROGRESS=false", "DEVICE=cpu",
+        "train",
+        f"DATA_DIR={data}",
+        f"OUT_DIR={run}",
+        "WEIGHTS=fcn8s_500",
+        "INIT=pretrained",
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        "INPUT_SIZE=32",
+        "EPOCHS=1",
+        "BATCH_SIZE=4",
+        "LR=0.0001",
+        "VAL_FRACTION=0.25",
+        "SEED=3",
+        "THREADS=1",
+        "PROGRESS=false",
+        "DEVICE=cpu",
     )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -160,8 +172,16 @@ def test_evaluate_scores_a_training_runs_own_validation_split(tmp_path, slim_wei
     assert doc["summary"]["dataset_iou"] == pytest.approx(best["val_dataset_iou"], abs=1e-3)
     # The same split by its keys; another seed is another split, so refused with RUN_DIR.
     same = run_module(
-        "evaluate", "WEIGHTS=fcn8s_500", f"WEIGHTS_FILE={run / 'best.pt'}", f"DATA_DIR={data}", "VAL_FRACTION=0.25",
-        "SEED=3", "INPUT_SIZE=32", "PROGRESS=false", "DEVICE=cpu", "OUT=-",
+        "evaluate",
+        "WEIGHTS=fcn8s_500",
+        f"WEIGHTS_FILE={run / 'best.pt'}",
+        f"DATA_DIR={data}",
+        "VAL_FRACTION=0.25",
+        "SEED=3",
+        "INPUT_SIZE=32",
+        "PROGRESS=false",
+        "DEVICE=cpu",
+        "OUT=-",
     )
     assert same.returncode == 0, same.stderr
     assert json.loads(same.stdout)["per_image"] == doc["per_image"]
@@ -209,8 +229,9 @@ def test_a_rerun_with_other_settings_stops_instead_of_keeping_old_masks(tmp_path
     # OVERWRITE=true redoes the image with the new settings, which become the record.
     redo = run_cli(*base, "MASK_THRESHOLD=0.9", "DILATE=2", "OVERWRITE=true")
     assert redo.returncode == 0, redo.stderr
-    heat_run = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={imgs}", f"OUT_DIR={tmp_path / 'h'}",
-                       "DEVICE=cpu")
+    heat_run = run_cli(
+        f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={imgs}", f"OUT_DIR={tmp_path / 'h'}", "DEVICE=cpu"
+    )
     assert heat_run.returncode == 0
     p = np.asarray(Image.open(tmp_path / "h" / "a__heatmap.png")) / 255.0  # 8-bit: 1/255 from the float map
     got = np.asarray(Image.open(out / "a__mask.png")) > 0
@@ -227,8 +248,13 @@ def test_boxes_that_name_no_image_or_lie_outside_are_reported(tmp_path, slim_wei
     _photo(40, 60, 2).save(imgs / "a.png")
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"a.png": [[100, 5, 10, 10], [5, 5, 20, 20]], "nothere.jpg": [[0, 0, 5, 5]]}))
-    proc = run_cli(f"MODEL_PARAMS_DIR={slim_weights_dir}", f"IMGS_DIR={imgs}", f"BOXES={boxes}", "DEVICE=cpu",
-                   f"OUT_DIR={tmp_path / 'out'}")
+    proc = run_cli(
+        f"MODEL_PARAMS_DIR={slim_weights_dir}",
+        f"IMGS_DIR={imgs}",
+        f"BOXES={boxes}",
+        "DEVICE=cpu",
+        f"OUT_DIR={tmp_path / 'out'}",
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"BOXES={boxes}: 'nothere.jpg' names no input image" in proc.stderr
     assert f"BOXES={boxes}: box [100, 5, 10, 10] of a.png lies outside its 60x40 image; ignored" in proc.stderr

@@ -151,8 +151,13 @@ def test_offline_error_names_url_file_and_folder_and_following_it_works(tmp_path
 
 
 def test_offline_linknet_error_gives_a_convert_command_that_works(tmp_path, photos, down_url):
-    command = ("MODEL_PARAMS_DIR=weights", f"IMGS_DIR={photos}", "OUT_DIR=out", "WEIGHTS=linknet34_oneflow",
-               f"WEIGHTS_URL={down_url[:-len('face_seg_fcn8s.zip')]}linknet_oneflow_model.zip")
+    command = (
+        "MODEL_PARAMS_DIR=weights",
+        f"IMGS_DIR={photos}",
+        "OUT_DIR=out",
+        "WEIGHTS=linknet34_oneflow",
+        f"WEIGHTS_URL={down_url[: -len('face_seg_fcn8s.zip')]}linknet_oneflow_model.zip",
+    )
     proc = run(*command, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     line = error_line(proc)
@@ -221,13 +226,20 @@ def test_export_runs_a_weights_file_with_an_entry_architecture(tmp_path, down_ur
     trained = FaceSegmentationNet(2, channel_divisor=16).state_dict()  # not the entry's 21 classes
     torch.save(trained, tmp_path / "best.pt")
     # Export must not look for (or download) the entry's weights: the folder is empty, the server down.
-    proc = export("OUT=best.onnx", "WEIGHTS_FILE=best.pt", "WEIGHTS=fcn8s_500", "MODEL_PARAMS_DIR=empty",
-                  f"WEIGHTS_URL={down_url}", cwd=tmp_path)
+    proc = export(
+        "OUT=best.onnx",
+        "WEIGHTS_FILE=best.pt",
+        "WEIGHTS=fcn8s_500",
+        "MODEL_PARAMS_DIR=empty",
+        f"WEIGHTS_URL={down_url}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wrote best.onnx" in proc.stdout and "from best.pt" in proc.stdout
     x = np.random.default_rng(1).uniform(-120, 150, size=(2, 3, 37, 29)).astype(np.float32)
     got = ort.InferenceSession(str(tmp_path / "best.onnx"), providers=["CPUExecutionProvider"]).run(
-        ["score"], {"data": x})[0]
+        ["score"], {"data": x}
+    )[0]
     with torch.no_grad():
         want = FaceSegmentationNet.from_state_dict(trained).eval()(torch.from_numpy(x)).numpy()
     assert got.shape == (2, 2, 37, 29)
@@ -268,8 +280,9 @@ def test_convert_takes_keys_and_the_older_flags_alike(tmp_path, caffemodel, laye
     assert_layers_equal(load_file(str(tmp_path / "w" / "face_seg_fcn8s.safetensors")), layers)
     assert "note:" not in proc.stdout  # a name the lookup finds
     # The older form mixed with keys gives the same file (the flags alone: test_caffe_reader, test_linknet).
-    proc = in_process(convert_main, [caffemodel, "OUT=m/face_seg_fcn8s.pt", "--safetensors"], tmp_path, capsys,
-                      monkeypatch)
+    proc = in_process(
+        convert_main, [caffemodel, "OUT=m/face_seg_fcn8s.pt", "--safetensors"], tmp_path, capsys, monkeypatch
+    )
     assert proc.returncode == 0, proc.stderr
     other = torch.load(tmp_path / "m" / "face_seg_fcn8s.pt", weights_only=True)
     assert list(other) == list(keyed) and all(torch.equal(other[k], keyed[k]) for k in keyed)
@@ -304,8 +317,10 @@ def test_convert_command_mistakes_are_one_line_exit_2(tmp_path, caffemodel, args
     "module, keys",
     [
         ("face_segmentation_pytorch.convert", ("SOURCE=null", "OUT=null", "SAFETENSORS=false", "STRICT=true")),
-        ("face_segmentation_pytorch.export", ("OUT=null", "WEIGHTS=fcn8s_500", "WEIGHTS_FILE=null",
-                                              "MODEL_PARAMS_DIR=null", "OPSET=18", "CHECK=false")),
+        (
+            "face_segmentation_pytorch.export",
+            ("OUT=null", "WEIGHTS=fcn8s_500", "WEIGHTS_FILE=null", "MODEL_PARAMS_DIR=null", "OPSET=18", "CHECK=false"),
+        ),
     ],
 )
 def test_help_lists_the_keys_as_the_batch_command_does(module, keys):
@@ -348,8 +363,13 @@ def test_installed_console_script_takes_keys(tmp_path, caffemodel, layers):
     scripts = Path(sys.executable).parent
     exe = scripts / "face-segmentation-convert"
     assert exe.is_file(), f"{exe} is missing: run pip install -e . --no-deps"
-    proc = subprocess.run([str(exe), f"SOURCE={caffemodel}", "OUT=face_seg_fcn8s.pt"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [str(exe), f"SOURCE={caffemodel}", "OUT=face_seg_fcn8s.pt"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert_layers_equal(torch.load(tmp_path / "face_seg_fcn8s.pt", weights_only=True), layers)
     assert all((scripts / name).is_file() for name in CONSOLE_SCRIPTS), "run pip install -e . --no-deps"
@@ -423,18 +443,24 @@ def _damaged_pickle(data: bytes) -> bytes:
     import struct
 
     info = next(i for i in zipfile.ZipFile(io.BytesIO(data)).infolist() if i.filename.endswith("data.pkl"))
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
     start = info.header_offset + 30 + name_len + extra_len  # the entry's bytes, after its local header
-    return data[:start] + b"\xff\xff" + data[start + 2:]
+    return data[:start] + b"\xff\xff" + data[start + 2 :]
 
 
 @pytest.mark.parametrize(
     "damage, reason",
     [
-        (_damaged_pickle, "not a complete PyTorch file (truncated or damaged: entry archive/data.pkl fails its CRC "
-                          "check); delete it to download it again, or convert the source again"),
-        (lambda data: b"name,value\n" + data[:20], "not a state_dict saved with torch.save (it is neither "
-                                                    "torch.save's zip format nor its older pickle format)"),
+        (
+            _damaged_pickle,
+            "not a complete PyTorch file (truncated or damaged: entry archive/data.pkl fails its CRC "
+            "check); delete it to download it again, or convert the source again",
+        ),
+        (
+            lambda data: b"name,value\n" + data[:20],
+            "not a state_dict saved with torch.save (it is neither "
+            "torch.save's zip format nor its older pickle format)",
+        ),
     ],
     ids=["damaged-inside", "not-torch"],
 )

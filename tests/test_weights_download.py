@@ -233,7 +233,7 @@ def test_seed_readme_example_runs(tmp_path, full_weights_dir):
 import torch
 from PIL import Image
 import face_segmentation_pytorch as fsp
-MODEL_PARAMS_DIR, IMAGE_PATH = {str(full_weights_dir)!r}, {str(tmp_path / 'face.png')!r}
+MODEL_PARAMS_DIR, IMAGE_PATH = {str(full_weights_dir)!r}, {str(tmp_path / "face.png")!r}
 model = fsp.FaceSegmentationNet()
 fsp.load_model_parameters(model, MODEL_PARAMS_DIR)
 model.eval()

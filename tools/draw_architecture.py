@@ -58,13 +58,19 @@ def draw(order, path: str, size: int) -> None:
     ax.set_xlim(0, 9)
     ax.set_ylim(-len(trunk) - 1, 1.2)
     ax.axis("off")
-    ax.text(0.2, 0.6, f"FaceSegmentationNet (FCN-8s, VGG-16), input 3x{size}x{size}, BGR minus mean",
-            fontsize=11, weight="bold")
+    ax.text(
+        0.2,
+        0.6,
+        f"FaceSegmentationNet (FCN-8s, VGG-16), input 3x{size}x{size}, BGR minus mean",
+        fontsize=11,
+        weight="bold",
+    )
     pos = {}
 
     def box(x, y, name, kind, shape):
-        ax.add_patch(FancyBboxPatch((x, y - 0.16), 3.6, 0.32, boxstyle="round,pad=0.02",
-                                    fc=COLORS[kind], ec="#555555", lw=0.6))
+        ax.add_patch(
+            FancyBboxPatch((x, y - 0.16), 3.6, 0.32, boxstyle="round,pad=0.02", fc=COLORS[kind], ec="#555555", lw=0.6)
+        )
         ax.text(x + 0.1, y, f"{name}", fontsize=8, va="center", weight="bold")
         ax.text(x + 3.5, y, "x".join(map(str, shape)), fontsize=7.5, va="center", ha="right")
         pos[name] = (x, y)
@@ -81,13 +87,24 @@ def draw(order, path: str, size: int) -> None:
     for crop, target in (("score_pool4c", "upscore2"), ("score_pool3c", "upscore_pool4")):
         cy = pos[crop][1]
         ty = pos[target][1]
-        ax.annotate("", xy=(3.9, ty), xytext=(4.9, cy),
-                    arrowprops=dict(arrowstyle="->", lw=0.7, connectionstyle="arc3,rad=0.2"))
+        ax.annotate(
+            "", xy=(3.9, ty), xytext=(4.9, cy), arrowprops=dict(arrowstyle="->", lw=0.7, connectionstyle="arc3,rad=0.2")
+        )
         ax.text(4.1, (cy + ty) / 2, "+ (fuse)", fontsize=7, color="#333333")
     handles = [plt.Rectangle((0, 0), 1, 1, fc=c, ec="#555555") for c in COLORS.values()]
-    ax.legend(handles, ["convolution (ReLU after VGG/fc layers)", "max pool 2x2, ceil mode",
-                        "fixed bilinear deconvolution", "crop (Caffe offsets 5, 9, 31)", "fixed scale (0.01, 0.0001)"],
-              loc="lower right", fontsize=7.5, frameon=False)
+    ax.legend(
+        handles,
+        [
+            "convolution (ReLU after VGG/fc layers)",
+            "max pool 2x2, ceil mode",
+            "fixed bilinear deconvolution",
+            "crop (Caffe offsets 5, 9, 31)",
+            "fixed scale (0.01, 0.0001)",
+        ],
+        loc="lower right",
+        fontsize=7.5,
+        frameon=False,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import save_atomic
 from ..errors import ImageReadError
+from .atomic import save_atomic
 
 __all__ = [
     "bits_per_sample",

@@ -82,10 +82,7 @@ class ConversionReport:
         if self.reshaped:
             out.append("reshaped legacy blobs: " + ", ".join(self.reshaped))
         if self.defaults_filled:
-            out.append(
-                "not in the file, filled with the fixed deploy values: "
-                + ", ".join(self.defaults_filled)
-            )
+            out.append("not in the file, filled with the fixed deploy values: " + ", ".join(self.defaults_filled))
         if self.ignored:
             out.append("ignored layers not in this network: " + ", ".join(self.ignored))
         return out
@@ -133,9 +130,7 @@ class _Reader:
             elif wire == _WIRE_LEN:
                 length, pos = self.varint(pos, end)
                 if pos + length > end:
-                    raise self.fail(
-                        f"field {num} claims {length} bytes but only {end - pos} remain", pos
-                    )
+                    raise self.fail(f"field {num} claims {length} bytes but only {end - pos} remain", pos)
                 value = (pos, pos + length)
                 pos += length
             elif wire == _WIRE_I32:
@@ -183,15 +178,9 @@ class _Reader:
                 s, e = value
                 if (e - s) % 8:
                     raise self.fail("double data whose length is not a multiple of 8", s)
-                chunks.append(
-                    np.frombuffer(self.buf, dtype="<f8", count=(e - s) // 8, offset=s).astype(
-                        np.float32
-                    )
-                )
+                chunks.append(np.frombuffer(self.buf, dtype="<f8", count=(e - s) // 8, offset=s).astype(np.float32))
             elif num == 8 and wire == _WIRE_I64:
-                chunks.append(
-                    np.frombuffer(self.buf, dtype="<f8", count=1, offset=value).astype(np.float32)
-                )
+                chunks.append(np.frombuffer(self.buf, dtype="<f8", count=1, offset=value).astype(np.float32))
             elif num == 7 and wire == _WIRE_LEN:
                 shape = []
                 for n2, w2, v2, p2 in self.fields(*value):
@@ -264,9 +253,7 @@ def read_caffemodel(path: str | os.PathLike) -> tuple[list[CaffeLayer], str]:
                         fields_seen.add("layer" if num == 100 else "layers")
                         layers.append(reader.layer(*value, v1=num == 2))
                 if not any(layer.blobs for layer in layers):
-                    raise CaffeModelError(
-                        f"{path}: no layer with weights found; is this a caffemodel of this network?"
-                    )
+                    raise CaffeModelError(f"{path}: no layer with weights found; is this a caffemodel of this network?")
             except CaffeModelError:
                 # Only now look at what the file might be instead: a binary
                 # caffemodel can start with printable bytes too.
@@ -353,9 +340,7 @@ def caffe_layers_to_state_dict(
                     f"(expected {', '.join(str(s) for _, s in params)})"
                 )
             if fixed_defaults is None:
-                fixed_defaults = FaceSegmentationNet(
-                    num_classes, channel_divisor=report.channel_divisor
-                ).state_dict()
+                fixed_defaults = FaceSegmentationNet(num_classes, channel_divisor=report.channel_divisor).state_dict()
             state[f"{name}.weight"] = fixed_defaults[f"{name}.weight"].clone()
             report.defaults_filled.append(name)
             continue
@@ -396,9 +381,7 @@ def convert_caffemodel(
     return state, report
 
 
-def load_caffemodel_as_statedict(
-    path: str | os.PathLike, *, strict: bool = True
-) -> OrderedDict[str, torch.Tensor]:
+def load_caffemodel_as_statedict(path: str | os.PathLike, *, strict: bool = True) -> OrderedDict[str, torch.Tensor]:
     """Turn a caffemodel into a state_dict for :class:`FaceSegmentationNet`.
 
     The result loads with ``model.load_state_dict(sd, strict=True)`` into a

@@ -189,8 +189,7 @@ class _Tree:
             infos = self.zip.infolist()
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise OneFlowCheckpointError(
-                f"{path}: not a readable zip archive ({e}); download it again, or pass the "
-                "extracted checkpoint folder"
+                f"{path}: not a readable zip archive ({e}); download it again, or pass the extracted checkpoint folder"
             ) from None
         for info in infos:
             parts = [s for s in PurePosixPath(info.filename).parts if s not in ("", ".", "/")]
@@ -396,8 +395,7 @@ def _read(tree: _Tree, path: str, strict: bool) -> tuple[OrderedDict[str, torch.
         layouts.setdefault(layout, name)
         if key in by_key:
             raise OneFlowCheckpointError(
-                f"{where}: entries {by_key[key]!r} and {name!r} both give {key!r}; "
-                "remove one of them"
+                f"{where}: entries {by_key[key]!r} and {name!r} both give {key!r}; remove one of them"
             )
         by_key[key] = name
     if len(layouts) > 1:

@@ -23,7 +23,9 @@ from ..weights.families import family_of_model
 
 __all__ = ["export_onnx", "check_onnx", "ONNX_EXTRA"]
 
-ONNX_EXTRA = "ONNX export needs the onnx extra: pip install 'face_segmentation_pytorch[onnx]' (onnx, onnxscript, onnxruntime)"
+ONNX_EXTRA = (
+    "ONNX export needs the onnx extra: pip install 'face_segmentation_pytorch[onnx]' (onnx, onnxscript, onnxruntime)"
+)
 
 
 @contextlib.contextmanager

@@ -23,10 +23,27 @@ from ..errors import ConfigError
 from .settings import AUTO, FAILURE_LOG_NAME, OUTPUT_KEYS, RUN_SETTINGS_NAME, SEGMENTER_KEYS
 
 __all__ = [
-    "check_precision_keys", "resolve_device", "collect_inputs", "output_stems", "output_kinds", "write_outputs",
-    "first_line", "check_writable", "plural", "make_segmenter", "Plan", "check_settings", "plan_run",
-    "report_unused_boxes", "output_settings", "check_rerun_settings", "record_settings", "nothing_to_do",
-    "start_line", "gallery_row", "write_failure_log",
+    "check_precision_keys",
+    "resolve_device",
+    "collect_inputs",
+    "output_stems",
+    "output_kinds",
+    "write_outputs",
+    "first_line",
+    "check_writable",
+    "plural",
+    "make_segmenter",
+    "Plan",
+    "check_settings",
+    "plan_run",
+    "report_unused_boxes",
+    "output_settings",
+    "check_rerun_settings",
+    "record_settings",
+    "nothing_to_do",
+    "start_line",
+    "gallery_row",
+    "write_failure_log",
 ]
 
 
@@ -118,8 +135,7 @@ def collect_inputs(spec: str, recursive: bool) -> tuple[list[Path], Path, list[t
         root = Path(os.path.commonpath([str(p.parent) for p in images]))
         return images, root, []
     raise ConfigError(
-        f"IMGS_DIR={path}: no such folder or file; give a folder, a text file listing images, "
-        "or a glob pattern"
+        f"IMGS_DIR={path}: no such folder or file; give a folder, a text file listing images, or a glob pattern"
     )
 
 
@@ -137,10 +153,7 @@ def output_stems(images: list[Path], root: Path, out_dir: Path | None) -> list[P
     for r in rel:
         key = r.parent / r.stem.lower()
         counts[key] = counts.get(key, 0) + 1
-    return [
-        out_dir / r.parent / (r.stem if counts[r.parent / r.stem.lower()] == 1 else r.name)
-        for r in rel
-    ]
+    return [out_dir / r.parent / (r.stem if counts[r.parent / r.stem.lower()] == 1 else r.name) for r in rel]
 
 
 def output_kinds(cfg: dict) -> list[str]:
@@ -189,7 +202,9 @@ def write_outputs(seg, stem: Path, kinds: list[str], per_face: bool = False) -> 
             save_atomic(target, lambda f: f.write(data))
     if per_face and seg.faces:
         for k in range(len(seg.faces)):
-            face = heatmap_to_png_array(seg.face_alpha(k), 8) if seg.feather else seg.face_mask(k).astype(np.uint8) * 255
+            face = (
+                heatmap_to_png_array(seg.face_alpha(k), 8) if seg.feather else seg.face_mask(k).astype(np.uint8) * 255
+            )
             save_png_atomic(face, stem.with_name(f"{stem.name}__face{k}__mask.png"))
 
 
@@ -287,7 +302,8 @@ def plan_run(cfg: dict, out_dir: Path | None, created: list[Path]) -> Plan:
     stems = output_stems(images, root, out_dir)
     # Resumable runs: an image whose outputs all exist is done.
     todo = [
-        i for i in range(len(images))
+        i
+        for i in range(len(images))
         if cfg["OVERWRITE"] or not all(stems[i].with_name(stems[i].name + k).exists() for k in kinds)
     ]
     settings_path = (out_dir or root) / RUN_SETTINGS_NAME
@@ -304,9 +320,7 @@ def plan_run(cfg: dict, out_dir: Path | None, created: list[Path]) -> Plan:
         # Per image: its boxes; with CROP=faces an image not in the file is
         # detected (None), without it has no face ([]).
         missing_entry = None if cfg["CROP"] else []
-        user_boxes = [
-            table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images
-        ]
+        user_boxes = [table.get(p.relative_to(root).as_posix(), table.get(p.name, missing_entry)) for p in images]
         report_unused_boxes(boxes_path, table, images, root, user_boxes)
     return Plan(out_dir, images, root, missing, kinds, stems, todo, user_boxes, settings_path, settings)
 
@@ -484,7 +498,7 @@ def write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) -> 
     for p, stage, reason in failures:
         # The path has its own column; the reason need not repeat it.
         prefix = f"{p}: "
-        w.writerow([str(p), stage, reason[len(prefix):] if reason.startswith(prefix) else reason])
+        w.writerow([str(p), stage, reason[len(prefix) :] if reason.startswith(prefix) else reason])
     try:
         save_atomic(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
     except OSError as e:

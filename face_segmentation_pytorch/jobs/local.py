@@ -65,7 +65,8 @@ def run_local(cfg: dict, created: list[Path]) -> int:
         raise
     print(
         start_line(cfg, plan, segmenter.weights_source, device, segmenter.input_size)
-        + f"; images read and written by {n_workers} worker process{'es' * (n_workers > 1)}" * (pipeline == "processes"),
+        + f"; images read and written by {n_workers} worker process{'es' * (n_workers > 1)}"
+        * (pipeline == "processes"),
         file=sys.stderr,
     )
 
@@ -79,7 +80,10 @@ def run_local(cfg: dict, created: list[Path]) -> int:
     bs = cfg["BATCH_SIZE"]
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
     job = Job(
-        segmenter.preparer, segmenter.assembler, kinds, per_face=cfg["PER_FACE"],
+        segmenter.preparer,
+        segmenter.assembler,
+        kinds,
+        per_face=cfg["PER_FACE"],
         max_image_pixels=cfg["MAX_IMAGE_PIXELS"],
     )
     workers.bind(job)
@@ -257,7 +261,11 @@ def run_local(cfg: dict, created: list[Path]) -> int:
                     if i not in finished and outputs_exist(i):
                         succeed(i)  # written before its worker died; only the report was lost
                     elif i not in finished:
-                        fail(i, "worker", "a worker process died on this image twice (a crash while decoding it, or out of memory?)")
+                        fail(
+                            i,
+                            "worker",
+                            "a worker process died on this image twice (a crash while decoding it, or out of memory?)",
+                        )
                     workers = new_workers()
     except KeyboardInterrupt:
         interrupted = True

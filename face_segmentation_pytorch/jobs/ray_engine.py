@@ -39,10 +39,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..errors import ConfigError, ImageReadError
 from . import folder as folder_job
 from .folder import make_segmenter, start_line  # one segmenter, as ENGINE=local builds it
 from .settings import KEYS, SEGMENTER_KEYS
-from ..errors import ConfigError, ImageReadError
 
 __all__ = [
     "run_ray",
@@ -180,9 +180,28 @@ def _settings(settings: Mapping[str, object] | None) -> dict:
 #: threads; ``parse_args`` refuses PIPELINE=processes with ENGINE=ray). A test fails on a key missing here, so a new
 #: key is not silently ignored by this engine.
 HANDLED_KEYS = frozenset(SEGMENTER_KEYS.values()) | {
-    "IMGS_DIR", "OUT_DIR", "DEVICE", "BATCH_SIZE", "WEIGHTS", "HEATMAP_FORMAT", "OVERLAY", "CUTOUT",
-    "GALLERY", "BOXES", "PER_FACE", "RECURSIVE", "OVERWRITE", "FAILURE_LOG", "WORKERS", "MAX_IMAGE_PIXELS",
-    "PROGRESS", "ENGINE", "RAY_ADDRESS", "RAY_NUM_ACTORS", "RAY_GPUS_PER_ACTOR", "PIPELINE",
+    "IMGS_DIR",
+    "OUT_DIR",
+    "DEVICE",
+    "BATCH_SIZE",
+    "WEIGHTS",
+    "HEATMAP_FORMAT",
+    "OVERLAY",
+    "CUTOUT",
+    "GALLERY",
+    "BOXES",
+    "PER_FACE",
+    "RECURSIVE",
+    "OVERWRITE",
+    "FAILURE_LOG",
+    "WORKERS",
+    "MAX_IMAGE_PIXELS",
+    "PROGRESS",
+    "ENGINE",
+    "RAY_ADDRESS",
+    "RAY_NUM_ACTORS",
+    "RAY_GPUS_PER_ACTOR",
+    "PIPELINE",
 }
 
 
@@ -249,7 +268,6 @@ class SegmentImages:
         import torch
         from PIL import Image
 
-
         self.cfg = _settings(settings)
         if threads is not None:
             torch.set_num_threads(threads)
@@ -291,7 +309,6 @@ class SegmentImages:
         """Segment one batch (``dict[str, numpy.ndarray]``); one result row per input row."""
         import numpy as np
 
-
         n = len(batch["path"])
         rows = [{k: _plain(v[j]) for k, v in batch.items()} for j in range(n)]
         writing = "stem" in batch
@@ -313,7 +330,8 @@ class SegmentImages:
         # A batch Ray retries after its actor was killed may find some images
         # already written: their outputs are whole (atomic writes), keep them.
         todo = [
-            j for j in range(n)
+            j
+            for j in range(n)
             if not (writing and not self.cfg["OVERWRITE"] and self._outputs_exist(Path(rows[j]["stem"])))
         ]
         ready = []

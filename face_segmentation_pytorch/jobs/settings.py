@@ -12,7 +12,13 @@ from __future__ import annotations
 from ..keys import Key
 
 __all__ = [
-    "AUTO", "FAILURE_LOG_NAME", "KEYS", "SEGMENTER_KEYS", "RUN_SETTINGS_NAME", "OUTPUT_KEYS", "defaults",
+    "AUTO",
+    "FAILURE_LOG_NAME",
+    "KEYS",
+    "SEGMENTER_KEYS",
+    "RUN_SETTINGS_NAME",
+    "OUTPUT_KEYS",
+    "defaults",
 ]
 
 AUTO = "auto"
@@ -47,9 +53,7 @@ KEYS: dict[str, Key] = {
         "bf16 (CUDA, or CPUs with native bfloat16)",
     ),
     "COMPILE": Key(False, "run the network through torch.compile (says how long it took; falls back when unavailable)"),
-    "MASK_THRESHOLD": Key(
-        None, "null: write heatmaps; a number in (0, 1): write 0/255 masks (__mask.png)"
-    ),
+    "MASK_THRESHOLD": Key(None, "null: write heatmaps; a number in (0, 1): write 0/255 masks (__mask.png)"),
     "POSTPROCESS": Key(
         None,
         "steps applied to masks, comma-separated: largest, fill_holes, smooth, full "
@@ -77,7 +81,7 @@ KEYS: dict[str, Key] = {
     ),
     "BOXES": Key(
         None,
-        "your own crop boxes instead of detection: JSON {\"image\": [[x, y, w, h], ...]} or "
+        'your own crop boxes instead of detection: JSON {"image": [[x, y, w, h], ...]} or '
         "CSV path,x,y,w,h (paths relative to IMGS_DIR, or file names)",
     ),
     "PER_FACE": Key(False, "with CROP or BOXES and MASK_THRESHOLD: also write one mask per face (__face<k>__mask.png)"),
@@ -184,8 +188,22 @@ RUN_SETTINGS_NAME = "face_segmentation_run.json"
 #: The keys whose values decide what the outputs hold. DEVICE, BATCH_SIZE, BACKEND,
 #: PIPELINE, COMPILE and ENGINE are left out: they compute the same outputs.
 OUTPUT_KEYS = (
-    "WEIGHTS", "WEIGHTS_FILE", "INPUT_SIZE", "FACE_CHANNEL", "PRE_NORMALIZE", "PRECISION", "MASK_THRESHOLD",
-    "POSTPROCESS", "DILATE", "FEATHER", "HEATMAP_FORMAT", "OVERLAY", "CUTOUT", "CROP", "BOXES", "PER_FACE",
+    "WEIGHTS",
+    "WEIGHTS_FILE",
+    "INPUT_SIZE",
+    "FACE_CHANNEL",
+    "PRE_NORMALIZE",
+    "PRECISION",
+    "MASK_THRESHOLD",
+    "POSTPROCESS",
+    "DILATE",
+    "FEATHER",
+    "HEATMAP_FORMAT",
+    "OVERLAY",
+    "CUTOUT",
+    "CROP",
+    "BOXES",
+    "PER_FACE",
     "MIN_FACE_SCORE",
 )
 

@@ -121,8 +121,8 @@ class Job:
 
     def read(self, items: Sequence[tuple[int, Path, list | None]]) -> list[tuple[int, Prepared | tuple[str, str]]]:
         """Decode and prepare images: ``(index, Prepared)``, or ``(index, (stage, reason))``."""
-        from .folder import first_line
         from ..files.imageio import load_image
+        from .folder import first_line
 
         out = []
         for i, path, boxes in items:
@@ -147,8 +147,8 @@ class Job:
         ``prepared.image`` may be ``None`` (it came from a worker process):
         the image is then read again, only if an output shows it.
         """
-        from .folder import first_line, gallery_row, write_outputs
         from ..files.imageio import as_rgb_image, load_image
+        from .folder import first_line, gallery_row, write_outputs
 
         if prepared.image is None and self.needs_image(gallery):
             try:

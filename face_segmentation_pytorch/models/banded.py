@@ -71,7 +71,11 @@ def _conv(x: torch.Tensor, conv, lay: _Layout) -> tuple[torch.Tensor, _Layout]:
         return out, _Layout((0, H), (0, W), (H, H, W, W), None)
     const = F.relu(conv.weight.sum(dim=(2, 3)) @ lay.const + conv.bias)
     n = x.shape[0]
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+    fmt = (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        else torch.contiguous_format
+    )
     out = const.view(1, -1, 1, 1).expand(n, -1, H, W).contiguous(memory_format=fmt)
     regions = [
         (rows[0], rows[1], cols[0], cols[1]),  # centre

@@ -106,10 +106,7 @@ class Crop(nn.Module):
         h, w = like.shape[-2:]
         o = self.offset
         if o + h > x.shape[-2] or o + w > x.shape[-1]:
-            raise ValueError(
-                f"Crop: a {h}x{w} window at offset {o} does not fit in a "
-                f"{x.shape[-2]}x{x.shape[-1]} map"
-            )
+            raise ValueError(f"Crop: a {h}x{w} window at offset {o} does not fit in a {x.shape[-2]}x{x.shape[-1]} map")
         return x[..., o : o + h, o : o + w]
 
     def extra_repr(self) -> str:
@@ -192,9 +189,7 @@ class FaceSegmentationNet(nn.Module):
         self.score_pool3 = nn.Conv2d(256 // d, num_classes, 1)
         for name, (k, s) in _DECONVS.items():
             deconv = nn.ConvTranspose2d(num_classes, num_classes, k, stride=s, bias=False)
-            deconv.weight = nn.Parameter(
-                bilinear_upsampling_kernel(num_classes, k), requires_grad=False
-            )
+            deconv.weight = nn.Parameter(bilinear_upsampling_kernel(num_classes, k), requires_grad=False)
             setattr(self, name, deconv)
 
     def set_num_classes(self, num_classes: int) -> None:
@@ -357,9 +352,7 @@ class FaceSegmentationNet(nn.Module):
         return image_to_input(img, size=size, mean_bgr=self.mean_bgr, pre_normalize=pre_normalize)
 
     @classmethod
-    def from_state_dict(
-        cls, state_dict: Mapping[str, torch.Tensor], **kwargs
-    ) -> FaceSegmentationNet:
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **kwargs) -> FaceSegmentationNet:
         """Build a network whose shape fits ``state_dict`` and load it strictly.
 
         The number of classes and the channel divisor are read from the
@@ -418,9 +411,7 @@ def scores_to_pmap(scores: torch.Tensor, face_channel: int | None = None) -> tor
     return torch.sigmoid(_face_margin(scores, face_channel))
 
 
-def scores_to_mask(
-    scores: torch.Tensor, threshold: float = 0.5, face_channel: int | None = None
-) -> torch.Tensor:
+def scores_to_mask(scores: torch.Tensor, threshold: float = 0.5, face_channel: int | None = None) -> torch.Tensor:
     """Threshold the face probability without rounding it first.
 
     Compares logits (``face - background > logit(threshold)``), so pixels whose

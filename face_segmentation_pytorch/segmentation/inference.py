@@ -181,18 +181,12 @@ def predict_pmaps(
     if input_size == _DEFAULT:
         input_size = model.input_size
     inputs = [
-        image_to_input(img, size=input_size, mean_bgr=model.mean_bgr, pre_normalize=pre_normalize)
-        for img in images
+        image_to_input(img, size=input_size, mean_bgr=model.mean_bgr, pre_normalize=pre_normalize) for img in images
     ]
-    sizes = [
-        (img.shape[0], img.shape[1]) if isinstance(img, np.ndarray) else (img.height, img.width)
-        for img in images
-    ]
+    sizes = [(img.shape[0], img.shape[1]) if isinstance(img, np.ndarray) else (img.height, img.width) for img in images]
     if device is None:
         device = model.conv1_1.weight.device
-    return run_inputs(
-        lambda batch: model(batch.to(device), as_pmap=True, face_channel=face_channel), inputs, sizes
-    )
+    return run_inputs(lambda batch: model(batch.to(device), as_pmap=True, face_channel=face_channel), inputs, sizes)
 
 
 def pmap_to_uint8(pmap: torch.Tensor) -> np.ndarray:

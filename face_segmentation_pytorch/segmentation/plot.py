@@ -103,9 +103,7 @@ def as_heatmap(heatmap) -> np.ndarray:
         return h.astype(np.float32) / 255.0
     h = h.astype(np.float32)
     if h.size and (np.nanmin(h) < -1e-6 or np.nanmax(h) > 1 + 1e-6):
-        raise ValueError(
-            f"heatmap values must lie in [0, 1], got {np.nanmin(h):g}..{np.nanmax(h):g}"
-        )
+        raise ValueError(f"heatmap values must lie in [0, 1], got {np.nanmin(h):g}..{np.nanmax(h):g}")
     return np.clip(h, 0.0, 1.0)
 
 

@@ -133,10 +133,7 @@ def parse_steps(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [n.strip() for n in names if n.strip()]
     for n in names:
         if n not in STEPS:
-            raise ConfigError(
-                f"unknown post-processing step {n!r}; use a comma-separated list of: "
-                f"{', '.join(STEPS)}"
-            )
+            raise ConfigError(f"unknown post-processing step {n!r}; use a comma-separated list of: {', '.join(STEPS)}")
     return tuple(names)
 
 

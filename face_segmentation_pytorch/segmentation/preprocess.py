@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.constants import BGR_MEAN
 from ..files.imageio import to_rgb
+from ..models.constants import BGR_MEAN
 
 __all__ = [
     "Preprocessing",
@@ -133,9 +133,7 @@ def prepare_uint8(img, preprocessing: Preprocessing, *, size: Size | None = None
     else:
         arr = np.asarray(to_rgb(img))  # the same conversion as load_image's
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(
-            f"expected an (H, W, 3) uint8 RGB image, got shape {arr.shape} dtype {arr.dtype}"
-        )
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {arr.shape} dtype {arr.dtype}")
     if preprocessing.swap_input_channels:
         arr = arr[:, :, ::-1]
     if size is not None:

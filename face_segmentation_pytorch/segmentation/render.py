@@ -33,9 +33,7 @@ def _map_array(m: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
     return m
 
 
-def overlay(
-    image, mask: np.ndarray, color: Sequence[int] = (255, 0, 0), alpha: float = 0.5
-) -> Image.Image:
+def overlay(image, mask: np.ndarray, color: Sequence[int] = (255, 0, 0), alpha: float = 0.5) -> Image.Image:
     """Blend ``color`` over the masked pixels, as the authors' debug render does.
 
     Args:
@@ -100,9 +98,7 @@ def gallery(
             scaled.append(pic.resize((w, tile), Image.BILINEAR))
         scaled_rows.append((caption, scaled))
     ncols = max((len(p) for _, p in scaled_rows), default=0)
-    col_w = [
-        max((p[c].width for _, p in scaled_rows if c < len(p)), default=tile) for c in range(ncols)
-    ]
+    col_w = [max((p[c].width for _, p in scaled_rows if c < len(p)), default=tile) for c in range(ncols)]
     width = pad + sum(w + pad for w in col_w)
     height = caption_h + pad + len(scaled_rows) * (tile + caption_h + pad)
     canvas = Image.new("RGB", (max(width, 1), max(height, 1)), (255, 255, 255))

@@ -20,16 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from ..files.imageio import as_rgb_image, load_image
-from ..weights.families import Preprocessing
-from .inference import PendingMaps, start_inputs
-from .preprocess import normalize_inputs, prepare_uint8
-from .postprocess import apply_steps, check_px, parse_steps
-from .precision import check_precision, precision_dtype, precision_scope
-from .postprocess import dilate as grow_mask
-from .postprocess import feather as feather_mask
-from ..weights.families import family_of_model
+from ..weights.families import Preprocessing, family_of_model
 from ..weights.registry import (
     DEFAULT_WEIGHTS,
     Weights,
@@ -38,6 +30,13 @@ from ..weights.registry import (
     load_state_dict_file,
     weights_for,
 )
+from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
+from .inference import PendingMaps, start_inputs
+from .postprocess import apply_steps, check_px, parse_steps
+from .postprocess import dilate as grow_mask
+from .postprocess import feather as feather_mask
+from .precision import check_precision, precision_dtype, precision_scope
+from .preprocess import normalize_inputs, prepare_uint8
 
 __all__ = ["FaceSegmenter", "Prepared", "Preparer", "Assembler", "Segmentation", "resolve_device"]
 
@@ -314,8 +313,14 @@ class Assembler:
                     union[y : y + h, x : x + w] |= m
                 face_masks.append(m)
         return Segmentation(
-            None if masks_only else full, union, p.image, p.path, p.faces, face_masks,
-            alpha=self._alpha(union), feather=self.feather,
+            None if masks_only else full,
+            union,
+            p.image,
+            p.path,
+            p.faces,
+            face_masks,
+            alpha=self._alpha(union),
+            feather=self.feather,
         )
 
     def _alpha(self, mask: np.ndarray | None) -> np.ndarray | None:
@@ -535,8 +540,7 @@ class FaceSegmenter:
             self._compiled = torch.compile(self.model, mode=mode, dynamic=False)
         except Exception as e:  # noqa: BLE001 - e.g. torch.compile unsupported on this Python
             print(
-                f"face_segmentation_pytorch: compilation is not available here ({_first_line(e)}); "
-                "running uncompiled",
+                f"face_segmentation_pytorch: compilation is not available here ({_first_line(e)}); running uncompiled",
                 file=sys.stderr,
             )
 
@@ -612,7 +616,9 @@ class FaceSegmenter:
 
     # The settings live in the preparer and the assembler (which worker
     # processes receive); these keep ``seg.threshold = 0.7`` and the like working.
-    threshold = _setting("assembler", "threshold", "Face probability above which a pixel is in the mask (``None``: maps only).")
+    threshold = _setting(
+        "assembler", "threshold", "Face probability above which a pixel is in the mask (``None``: maps only)."
+    )
     steps = _setting("assembler", "steps", "Post-processing steps applied to masks.")
     dilate = _setting("assembler", "dilate", "Pixels each mask grows (negative: shrinks) after the steps.")
     feather = _setting("assembler", "feather", "Feather radius of the final mask's edge, in pixels.")
@@ -640,7 +646,9 @@ class FaceSegmenter:
             flat = host.to(self.device, non_blocking=True)
             inputs = [piece.view(x.shape) for piece, x in zip(flat.split(sizes), inputs)]
         if len({tuple(x.shape) for x in inputs}) == 1:
-            return self._pad(normalize_inputs(torch.stack(inputs), self.preprocessing, pre_normalize=self.pre_normalize))
+            return self._pad(
+                normalize_inputs(torch.stack(inputs), self.preprocessing, pre_normalize=self.pre_normalize)
+            )
         return torch.stack(
             [self._pad(normalize_inputs(x, self.preprocessing, pre_normalize=self.pre_normalize)) for x in inputs]
         )
@@ -683,7 +691,12 @@ class FaceSegmenter:
         sizes = [sz for p in prepared for sz in p.sizes]
         valid = [v for p in prepared for v in (p.valid or [None] * len(p.inputs))]
         return start_inputs(
-            self._forward, inputs, sizes, valid, to_batch=self._to_batch, multiple=self.family.size_multiple,
+            self._forward,
+            inputs,
+            sizes,
+            valid,
+            to_batch=self._to_batch,
+            multiple=self.family.size_multiple,
             threshold=self.threshold if masks_only else None,
         )
 

@@ -22,7 +22,7 @@ from .metrics import (
     mean_iou,
     pixel_accuracy,
 )
-from .trainer import Trainer, TrainResult, TrainingDiverged, train
+from .trainer import Trainer, TrainingDiverged, TrainResult, train
 
 __all__ = [
     "SegmentationLoss",

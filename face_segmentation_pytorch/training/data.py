@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..weights.families import Preprocessing
 from ..files.imageio import header_size
+from ..weights.families import Preprocessing
 
 __all__ = [
     "DataError",

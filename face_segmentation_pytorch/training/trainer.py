@@ -164,7 +164,14 @@ TRAIN_KEYS: dict[str, Key] = {
 }
 
 TRAIN_STRING_KEYS = (
-    "DATA_DIR", "OUT_DIR", "WEIGHTS", "INIT", "IMAGENET_WEIGHTS", "IMAGENET_URL", "MODEL_PARAMS_DIR", "DEVICE"
+    "DATA_DIR",
+    "OUT_DIR",
+    "WEIGHTS",
+    "INIT",
+    "IMAGENET_WEIGHTS",
+    "IMAGENET_URL",
+    "MODEL_PARAMS_DIR",
+    "DEVICE",
 )
 
 #: Keys holding a path (INIT: when it is not a keyword); a resumed run compares
@@ -863,9 +870,7 @@ def _resumed_settings(saved: Mapping, settings: Mapping, given: set[str]) -> dic
         settings: Every key: the ones given over the defaults.
         given: The keys given.
     """
-    return {
-        k: settings[k] if k in given or k in PER_INVOCATION or k not in saved else saved[k] for k in TRAIN_KEYS
-    }
+    return {k: settings[k] if k in given or k in PER_INVOCATION or k not in saved else saved[k] for k in TRAIN_KEYS}
 
 
 def _is_path_setting(key: str, value: object) -> bool:
@@ -1130,7 +1135,12 @@ class Trainer:
             raise
 
     def _train(
-        self, model: nn.Module, origin: str, ckpt: Mapping | None, data: TrainingData, entry: Weights,
+        self,
+        model: nn.Module,
+        origin: str,
+        ckpt: Mapping | None,
+        data: TrainingData,
+        entry: Weights,
         device: torch.device,
     ) -> TrainResult:
         """Set up the optimizer and schedule (restored from ``ckpt``), write config.yaml, and train.

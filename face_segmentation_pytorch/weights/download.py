@@ -80,8 +80,7 @@ def download_url_to_file(
         created = ensure_writable_dir(dst.parent)
     except OSError as e:
         raise DownloadError(
-            f"cannot write to {dst.parent} ({e.strerror or e}); choose a writable folder "
-            "(MODEL_PARAMS_DIR=...)"
+            f"cannot write to {dst.parent} ({e.strerror or e}); choose a writable folder (MODEL_PARAMS_DIR=...)"
         ) from None
     if by_hand is None:
         by_hand = f"download the file from {url} yourself and put it in {shown_folder(dst.parent)} as {dst.name}"
@@ -98,9 +97,7 @@ def shown_folder(folder: str | os.PathLike) -> str:
     return text if text.endswith(os.sep) else text + os.sep
 
 
-def _download(
-    url: str, dst: Path, sha256: str | None, progress: bool, timeout: float, label: str, by_hand: str
-) -> str:
+def _download(url: str, dst: Path, sha256: str | None, progress: bool, timeout: float, label: str, by_hand: str) -> str:
     # For failures to reach the server; a short or damaged body says "try again" instead.
     fix = f"check the URL and your connection, or {by_hand}"
     try:
@@ -125,9 +122,7 @@ def _download(
                             received += len(chunk)
                             bar.update(len(chunk))
             if total is not None and received != total:
-                raise DownloadError(
-                    f"download of {url} stopped after {received} of {total} bytes; try again"
-                )
+                raise DownloadError(f"download of {url} stopped after {received} of {total} bytes; try again")
             digest = h.hexdigest()
             if sha256 is not None and digest != sha256.strip().lower():
                 raise DownloadError(
@@ -190,9 +185,7 @@ def extract_zip_member(
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DownloadError(
-            f"{archive}: not a valid zip archive ({e}); delete it and download again"
-        ) from None
+        raise DownloadError(f"{archive}: not a valid zip archive ({e}); delete it and download again") from None
     with zf:
         names = [i.filename for i in zf.infolist() if not i.is_dir()]
         unsafe = [n for n in names if _is_unsafe(n)]

@@ -87,9 +87,7 @@ class Family:
     def check_face_channel(self, model: nn.Module, face_channel: int | None) -> None:
         """Raise ValueError when ``face_channel`` makes no sense for ``model``."""
         if face_channel is not None:
-            raise ValueError(
-                f"face_channel={face_channel}: {self.name} weights have one face logit; leave it unset"
-            )
+            raise ValueError(f"face_channel={face_channel}: {self.name} weights have one face logit; leave it unset")
 
     def logits_to_pmap(self, output: torch.Tensor, face_channel: int | None) -> torch.Tensor:
         """``(N, C, H, W)`` network output -> ``(N, H, W)`` face probability."""

@@ -20,14 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import torch
-
 from torch import nn
 
 from ..errors import CaffeModelError, WeightsError, WeightsSettingError
 from ..models.fcn8s import BGR_MEAN
 from ..pipeline.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists, save_atomic
-from .download import download_url_to_file, extract_zip_member, shown_folder
 from ..pipeline.families import FAMILIES, FCN8S, Family, Preprocessing, family_of_model, family_of_state_dict
+from .download import download_url_to_file, extract_zip_member, shown_folder
 
 __all__ = [
     "Weights",
@@ -209,9 +208,7 @@ def get_weights(name: str | Weights) -> Weights:
     try:
         return WEIGHTS[name]
     except KeyError:
-        raise WeightsSettingError(
-            f"unknown weights {name!r}; choose one of: {', '.join(WEIGHTS)}"
-        ) from None
+        raise WeightsSettingError(f"unknown weights {name!r}; choose one of: {', '.join(WEIGHTS)}") from None
 
 
 def default_params_dir() -> Path:
@@ -245,9 +242,7 @@ def check_state_dict(
         WeightsError: naming ``source`` and the first missing, unexpected or
             wrongly shaped tensor.
     """
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WeightsError(f"{source}: does not hold a state_dict (a mapping of names to tensors)")
     if family is None:
         fam = family_of_state_dict(state_dict, source)
@@ -384,8 +379,7 @@ def _read_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
         from safetensors.torch import load_file
     except ImportError:
         raise WeightsError(
-            f"{path}: reading .safetensors needs the safetensors package; "
-            "pip install safetensors, or use the .pt file"
+            f"{path}: reading .safetensors needs the safetensors package; pip install safetensors, or use the .pt file"
         ) from None
     try:
         return load_file(str(path))
@@ -468,8 +462,7 @@ def manual_install_hint(weights: Weights, folder: str | os.PathLike, url: str) -
     if weights.file_format == "oneflow":
         archive = PurePosixPath(urllib.parse.urlsplit(url).path).name or f"{stem}.zip"
         return (
-            f"download the file from {url} and convert it into {where}: "
-            f"{convert} SOURCE={archive} OUT={where}{stem}.pt"
+            f"download the file from {url} and convert it into {where}: {convert} SOURCE={archive} OUT={where}{stem}.pt"
         )
     # Name the archive's entry only for the published archive: another URL may hold another file.
     member = f" ({weights.archive_member})" if url == weights.url and weights.archive_member else ""
@@ -487,8 +480,7 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
         created = ensure_writable_dir(folder)
     except OSError as e:
         raise WeightsSettingError(
-            f"cannot write to {folder} ({e.strerror or e}); choose a writable folder "
-            "(MODEL_PARAMS_DIR=...)"
+            f"cannot write to {folder} ({e.strerror or e}); choose a writable folder (MODEL_PARAMS_DIR=...)"
         ) from None
     # A hidden name of our own, so no file of the user's is overwritten or deleted.
     archive = folder / f".{weights.local_stem}.download.zip"
@@ -506,7 +498,11 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
     print(f"face_segmentation_pytorch: downloading {weights.name} from {url} to {folder}", file=sys.stderr)
     try:
         digest = download_url_to_file(
-            url, archive, sha256=sha256, progress=progress, label=label,
+            url,
+            archive,
+            sha256=sha256,
+            progress=progress,
+            label=label,
             by_hand=manual_install_hint(weights, folder, url),
         )
         if weights.file_format == "oneflow" and not _holds_one_weights_file(archive):
@@ -527,8 +523,7 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
             # Name what the user gave (the URL and the entry), not our hidden staging file.
             reason = str(e).split(": ", 1)[-1]
             raise WeightsError(
-                f"{url}: {members[0]} in the archive does not load ({reason}); "
-                "check WEIGHTS_URL and WEIGHTS"
+                f"{url}: {members[0]} in the archive does not load ({reason}); check WEIGHTS_URL and WEIGHTS"
             ) from None
         arch = check_state_dict(state, url, weights.family)
         # Any archive must match the entry's class count (its input size and
@@ -536,14 +531,12 @@ def _fetch(weights: Weights, folder: Path, url: str, sha256: str | None, progres
         full = arch.get("channel_divisor", 1) == 1
         if arch["num_classes"] != weights.num_classes or (url == weights.url and not full):
             others = [
-                w.name for w in WEIGHTS.values()
-                if w.family == weights.family and w.num_classes == arch["num_classes"]
+                w.name for w in WEIGHTS.values() if w.family == weights.family and w.num_classes == arch["num_classes"]
             ]
             raise WeightsError(
                 f"{url}: holds a {arch['num_classes']}-class net with channel divisor "
                 f"{arch.get('channel_divisor', 1)}, expected the {weights.num_classes}-class "
-                f"{weights.name}; pick the matching WEIGHTS entry"
-                + (f" ({', '.join(others)})" if others else "")
+                f"{weights.name}; pick the matching WEIGHTS entry" + (f" ({', '.join(others)})" if others else "")
             )
         final = folder / f"{weights.local_stem}{staged[0].suffix}"
         os.replace(staged[0], final)
@@ -695,7 +688,5 @@ def load_model_parameters(
     """
     if weights is None:
         weights = DEFAULT_FOR_FAMILY[family_of_model(model).name]
-    state, path = find_or_download_state_dict(
-        params_dir, weights=weights, url=url, sha256=sha256, progress=progress
-    )
+    state, path = find_or_download_state_dict(params_dir, weights=weights, url=url, sha256=sha256, progress=progress)
     return apply_state_dict(model, state, path, weights)
