@@ -113,9 +113,13 @@ def bench_forward(args, tmp: Path) -> dict:
             ref = model.double()(x.double()).float()
             model.float()
             out = session.run(["logits"], {"data": xn})[0]
-        print(f"ONNX Runtime {ort.__version__}: relative difference to float64 {np.abs(out - ref.numpy()).max() / ref.abs().max():.1e}")
+        print(
+            f"ONNX Runtime {ort.__version__}: relative difference to float64 {np.abs(out - ref.numpy()).max() / ref.abs().max():.1e}"
+        )
     except ImportError:
-        print("onnxruntime is not installed: the ONNX Runtime row is left out (pip install 'face_segmentation_pytorch[onnx]')")
+        print(
+            "onnxruntime is not installed: the ONNX Runtime row is left out (pip install 'face_segmentation_pytorch[onnx]')"
+        )
     with torch.no_grad():
         ref = model.double()(x.double())
         model.float()
@@ -176,7 +180,7 @@ def make_h264_clip(path: Path, frames: int, size: tuple[int, int], fps: int = 30
         n = round(i / fps * 48000)
         tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)
         for k in range(0, n, 1024):
-            part = np.ascontiguousarray(np.repeat(tone[None, k:k + 1024], 2, axis=0))
+            part = np.ascontiguousarray(np.repeat(tone[None, k : k + 1024], 2, axis=0))
             af = av.AudioFrame.from_ndarray(part, format="fltp", layout="stereo")
             af.sample_rate, af.pts, af.time_base = 48000, k, Fraction(1, 48000)
             out.mux(a.encode(af))
@@ -268,8 +272,12 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=120, help="frames of the generated clip")
     ap.add_argument("--size", default="640x480", help="clip frame size WxH")
     ap.add_argument("--video-repeats", type=int, default=3, help="runs of the video command")
-    ap.add_argument("--source", choices=("mjpeg", "h264"), default="mjpeg",
-                    help="the clip: MJPEG AVI (a webcam's) or H.264 MP4 with AAC sound (a phone's)")
+    ap.add_argument(
+        "--source",
+        choices=("mjpeg", "h264"),
+        default="mjpeg",
+        help="the clip: MJPEG AVI (a webcam's) or H.264 MP4 with AAC sound (a phone's)",
+    )
     ap.add_argument("--layers", action="store_true", help="also compare Winograd and direct 3x3 per encoder shape")
     ap.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (set before torch starts)")
     ap.add_argument("--skip-video", action="store_true")
@@ -301,12 +309,16 @@ def main() -> None:
                 f"\nfast path vs ONNX Runtime: {ort_med / fast_med:.2f}x (medians), {ort_best / fast_best:.2f}x "
                 f"(fastest runs); target 1.3x"
             )
-        print(f"fast path vs PyTorch channels-last: {summary(times['PyTorch, channels-last'])[0] / fast_med:.2f}x (medians)")
+        print(
+            f"fast path vs PyTorch channels-last: {summary(times['PyTorch, channels-last'])[0] / fast_med:.2f}x (medians)"
+        )
         if not args.skip_video:
             rows = bench_video(args, tmp)
             kind = "H.264 MP4 clip with AAC sound" if args.source == "h264" else "MJPEG AVI clip"
-            print(f"\nvideo command on a {args.size} {kind} of {args.frames} frames (decode, segment, overlay, encode; "
-                  f"the output: {getattr(args, 'wrote', '?')}):")
+            print(
+                f"\nvideo command on a {args.size} {kind} of {args.frames} frames (decode, segment, overlay, encode; "
+                f"the output: {getattr(args, 'wrote', '?')}):"
+            )
             print(
                 "| run | command frames/s | forward-only frames/s (before, after) | wall ratio "
                 "| CPU s/frame: command, forward | CPU ratio (forward / command) |"

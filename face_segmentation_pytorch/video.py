@@ -129,8 +129,20 @@ KEYS: dict[str, Key] = {
 }
 
 _STRING_KEYS = (
-    "SOURCE", "OUT", "MASKS_DIR", "WEIGHTS", "MODEL_PARAMS_DIR", "WEIGHTS_FILE", "DEVICE", "BACKEND",
-    "PRECISION", "POSTPROCESS", "STYLE", "BACKGROUND", "COLOR", "CODEC",
+    "SOURCE",
+    "OUT",
+    "MASKS_DIR",
+    "WEIGHTS",
+    "MODEL_PARAMS_DIR",
+    "WEIGHTS_FILE",
+    "DEVICE",
+    "BACKEND",
+    "PRECISION",
+    "POSTPROCESS",
+    "STYLE",
+    "BACKGROUND",
+    "COLOR",
+    "CODEC",
 )
 
 USAGE = f"usage: python -m {PROG} SOURCE=<video, 'frames/*.png' or camera index> OUT=<result.mp4> [KEY=VALUE ...]"
@@ -184,7 +196,11 @@ def parse_args(argv: list[str]) -> dict:
     if cfg["SOURCE"] is None:
         raise ConfigError(f"SOURCE is required: a video file, a glob of images or a camera index; {USAGE}")
     t = cfg["MASK_THRESHOLD"]
-    need(t is None or (is_number(t) and 0 < t < 1), "MASK_THRESHOLD", "expected a number strictly between 0 and 1, or null")
+    need(
+        t is None or (is_number(t) and 0 < t < 1),
+        "MASK_THRESHOLD",
+        "expected a number strictly between 0 and 1, or null",
+    )
     s = cfg["INPUT_SIZE"]
     need(s is None or s == _AUTO or (_is_int(s) and s >= 1), "INPUT_SIZE", "expected auto, null or a positive integer")
     need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
@@ -316,7 +332,8 @@ class _CtrlC:
             raise KeyboardInterrupt
         print(
             f"{PROG}: still finishing {self.what}: waiting for it to be written (the frames done so far are kept)",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
     def hold(self) -> None:
@@ -431,10 +448,16 @@ def _run(cfg, device, source, out, encoding, created) -> int:
     if out is not None:
         sink = VideoSink(
             # The rate is the encoder's hint (a camera may report none); the timestamps place the frames.
-            out, (source.width, source.height), time_base=source.time_base,
+            out,
+            (source.width, source.height),
+            time_base=source.time_base,
             rate=cfg["FPS"] or source.fps or DEFAULT_FPS,
-            codec=cfg["CODEC"], crf=cfg["CRF"], style=cfg["STYLE"], color=cfg["COLOR"],
-            background=cfg["BACKGROUND"], sound_from=source.paths[0] if keep_sound else None,
+            codec=cfg["CODEC"],
+            crf=cfg["CRF"],
+            style=cfg["STYLE"],
+            color=cfg["COLOR"],
+            background=cfg["BACKGROUND"],
+            sound_from=source.paths[0] if keep_sound else None,
         )
         notes += sink.notes
     masks = MaskSink(masks_dir, overwrite=cfg["OVERWRITE"]) if masks_dir is not None else None
@@ -474,8 +497,14 @@ def _run(cfg, device, source, out, encoding, created) -> int:
                         stopped_by_key = True
                 try:
                     if sink is not None:
-                        sink.put(frame.bgr, shown, rendered, pts=frame.pts, time_base=frame.time_base,
-                                 duration=frame.duration)
+                        sink.put(
+                            frame.bgr,
+                            shown,
+                            rendered,
+                            pts=frame.pts,
+                            time_base=frame.time_base,
+                            duration=frame.duration,
+                        )
                     if masks is not None:
                         masks.put(frame.name, frame.pmap, frame.mask, frame.alpha)
                 except (OSError, ValueError) as e:
@@ -527,10 +556,18 @@ def _run(cfg, device, source, out, encoding, created) -> int:
         f"{PROG}: "
         + ("interrupted; " if interrupted else "stopped by a key; " if stopped_by_key else "")
         + f"{_plural(n, 'frame')} in {elapsed:.1f} s"
-        + (f", {n / elapsed:.1f} frames/s (network {1000 * rate.network_s / n:.0f} ms/frame)" if n and elapsed > 0 else "")
+        + (
+            f", {n / elapsed:.1f} frames/s (network {1000 * rate.network_s / n:.0f} ms/frame)"
+            if n and elapsed > 0
+            else ""
+        )
         + (f"; wrote {written} ({held})" if written else "")
         + (f"; {_plural(masks.count, 'mask')} written in {cfg['MASKS_DIR']}" if masks is not None else "")
-        + (f", {masks.kept} already there kept (OVERWRITE=true redoes them)" if masks is not None and masks.kept else "")
+        + (
+            f", {masks.kept} already there kept (OVERWRITE=true redoes them)"
+            if masks is not None and masks.kept
+            else ""
+        )
         + (f"; {len(source.skipped)} unreadable frames skipped" if source.skipped and source.kind == "images" else "")
         + ("; the source could not be read whole (above)" if source.skipped and source.kind != "images" else "")
     )
@@ -561,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         argv, help_text, lambda: run(parse_args(argv)), f"{PROG}: interrupted before any frame was processed"
     )
+
 
 if __name__ == "__main__":
     sys.exit(main())

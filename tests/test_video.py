@@ -45,7 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 H, W = 96, 128
 
 
-def write_clip(path: Path, n: int, *, moving: bool = True, noise: float = 0.0, fps: float = 20.0, seed: int = 0) -> Path:
+def write_clip(
+    path: Path, n: int, *, moving: bool = True, noise: float = 0.0, fps: float = 20.0, seed: int = 0
+) -> Path:
     """A textured ellipse over a plain background (moving or static, with noise): H.264 .mp4 made with PyAV."""
     rng = np.random.default_rng(seed)
     texture = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
@@ -127,11 +129,19 @@ def run_command(args: list[str], capsys) -> tuple[int, str]:
 # The command.
 
 
-def test_command_writes_every_frame_and_the_masks_facesegmenter_gives(tmp_path, clip, linknet_dir, linknet_segmenter, capsys):
+def test_command_writes_every_frame_and_the_masks_facesegmenter_gives(
+    tmp_path, clip, linknet_dir, linknet_segmenter, capsys
+):
     out, masks = tmp_path / "out" / "faces.avi", tmp_path / "masks"
     rc, err = run_command(
-        [f"SOURCE={clip}", f"OUT={out}", f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={linknet_dir}", "PROGRESS=false",
-         "DEVICE=cpu"],  # CPU numbers: compared exactly with the CPU segmenter's masks
+        [
+            f"SOURCE={clip}",
+            f"OUT={out}",
+            f"MASKS_DIR={masks}",
+            f"MODEL_PARAMS_DIR={linknet_dir}",
+            "PROGRESS=false",
+            "DEVICE=cpu",
+        ],  # CPU numbers: compared exactly with the CPU segmenter's masks
         capsys,
     )
     assert rc == 0, err
@@ -209,7 +219,9 @@ def test_smoothing_follows_the_moving_average_and_lowers_flicker(tmp_path, linkn
     seg = FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, device="cpu", threshold=None, progress=False)
     first = next(iter(segment_video(clip, seg, max_frames=1))).pmap
     threshold = float(np.clip(np.median(first), 0.05, 0.95))  # many pixels near it: noise flips them
-    plain = FaceSegmenter("linknet34_oneflow", params_dir=linknet_dir, device="cpu", threshold=threshold, progress=False)
+    plain = FaceSegmenter(
+        "linknet34_oneflow", params_dir=linknet_dir, device="cpu", threshold=threshold, progress=False
+    )
     s = 0.75
     raw = list(segment_video(clip, plain))
     smooth = list(segment_video(clip, plain, smooth=s))
@@ -230,13 +242,22 @@ def test_smoothing_follows_the_moving_average_and_lowers_flicker(tmp_path, linkn
 def test_fcn8s_runs_on_video(tmp_path, clip, slim_weights_dir, capsys):
     masks = tmp_path / "m"
     rc, err = run_command(
-        [f"SOURCE={clip}", f"MASKS_DIR={masks}", "WEIGHTS=fcn8s_500", f"MODEL_PARAMS_DIR={slim_weights_dir}",
-         "INPUT_SIZE=64", "MAX_FRAMES=4", "MASK_THRESHOLD=null", "DEVICE=cpu"],  # both on the CPU: compared exactly
+        [
+            f"SOURCE={clip}",
+            f"MASKS_DIR={masks}",
+            "WEIGHTS=fcn8s_500",
+            f"MODEL_PARAMS_DIR={slim_weights_dir}",
+            "INPUT_SIZE=64",
+            "MAX_FRAMES=4",
+            "MASK_THRESHOLD=null",
+            "DEVICE=cpu",
+        ],  # both on the CPU: compared exactly
         capsys,
     )
     assert rc == 0, err
-    seg = FaceSegmenter("fcn8s_500", params_dir=slim_weights_dir, device="cpu", input_size=64, threshold=None,
-                        progress=False)
+    seg = FaceSegmenter(
+        "fcn8s_500", params_dir=slim_weights_dir, device="cpu", input_size=64, threshold=None, progress=False
+    )
     frames = decoded_frames(clip)[:4]
     assert sorted(p.name for p in masks.iterdir()) == [f"{i:06d}.png" for i in range(4)]
     for i, bgr in enumerate(frames):
@@ -254,9 +275,21 @@ def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path, linknet_dir):
     # The command stops after its 4th frame and says so; Ctrl-C lands there, not at a moment guessed here.
     env = dict(os.environ, FSP_VIDEO_PAUSE_AT="frame:4", FSP_VIDEO_PAUSE_GATE=str(gates))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip}", f"OUT={out}",
-         f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={linknet_dir}", "INPUT_SIZE=64", "DEVICE=cpu"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "face_segmentation_pytorch.video",
+            f"SOURCE={clip}",
+            f"OUT={out}",
+            f"MASKS_DIR={masks}",
+            f"MODEL_PARAMS_DIR={linknet_dir}",
+            "INPUT_SIZE=64",
+            "DEVICE=cpu",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
         # Ctrl-C as in a terminal, even where this test runs with SIGINT ignored (nohup, some CI).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -307,7 +340,10 @@ def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path, linknet_dir):
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "BACKGROUND=0,300,0"], "BACKGROUND"),
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "SMOTH=0.5"], "did you mean SMOOTH"),
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "PRECISION=half"], "PRECISION='half' is invalid"),
-        (["SOURCE={clip}", "OUT={tmp}/x.mp4", "DEVICE=cpu", "PRECISION=fp16"], "PRECISION=fp16: precision fp16 is refused on the CPU"),
+        (
+            ["SOURCE={clip}", "OUT={tmp}/x.mp4", "DEVICE=cpu", "PRECISION=fp16"],
+            "PRECISION=fp16: precision fp16 is refused on the CPU",
+        ),
         (["SOURCE={clip}", "OUT={tmp}/x.mp4", "COMPILE=sometimes"], "COMPILE='sometimes' is invalid"),
     ],
 )

@@ -73,8 +73,16 @@ def _rgb(flat: list[int], width: int, height: int) -> np.ndarray:
 def test_the_output_plays_in_chromium(tmp_path, driver, blank_weights, capsys, suffix, codec):
     clip = make_clip(tmp_path / "phone.mp4", n=24, steps=[1 / 60, 1 / 30, 1 / 20, 1 / 45])
     out = tmp_path / f"faces{suffix}"
-    rc = main([f"SOURCE={clip.path}", f"OUT={out}", f"MODEL_PARAMS_DIR={blank_weights}", "INPUT_SIZE=64", "DEVICE=cpu",
-               "PROGRESS=false"])
+    rc = main(
+        [
+            f"SOURCE={clip.path}",
+            f"OUT={out}",
+            f"MODEL_PARAMS_DIR={blank_weights}",
+            "INPUT_SIZE=64",
+            "DEVICE=cpu",
+            "PROGRESS=false",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     got = probe(out)
     assert got.codec == codec

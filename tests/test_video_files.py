@@ -70,9 +70,20 @@ def test_phone_clip_to_mp4_keeps_every_frame_time_and_the_sound_as_it_is(tmp_pat
     clip = make_clip(tmp_path / "phone.mp4", n=24, steps=PHONE_STEPS)
     out = tmp_path / "faces.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip.path}", f"OUT={out}",
-         f"MODEL_PARAMS_DIR={blank_weights}", "INPUT_SIZE=64", "DEVICE=cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "face_segmentation_pytorch.video",
+            f"SOURCE={clip.path}",
+            f"OUT={out}",
+            f"MODEL_PARAMS_DIR={blank_weights}",
+            "INPUT_SIZE=64",
+            "DEVICE=cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     got, src = probe(out), probe(clip.path)
@@ -174,8 +185,9 @@ def test_odd_size_is_kept_in_webm_and_padded_and_said_in_mp4(tmp_path, blank_wei
         ("talk.mp4", "aac", ".avi", "aac", True),  # AVI takes AAC too
     ],
 )
-def test_sound_copied_where_the_container_takes_it_else_re_encoded(tmp_path, blank_weights, capsys, source, sound,
-                                                                   suffix, expect, copied):
+def test_sound_copied_where_the_container_takes_it_else_re_encoded(
+    tmp_path, blank_weights, capsys, source, sound, suffix, expect, copied
+):
     codec = "libvpx-vp9" if source.endswith(".webm") else "libx264"
     clip = make_clip(tmp_path / source, n=10, sound=sound, video_codec=codec)
     out = tmp_path / f"faces{suffix}"
@@ -267,8 +279,14 @@ def _without_av(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         "from face_segmentation_pytorch.video import main\n"
         f"sys.exit(main({args!r}))\n"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_without_pyav_file_video_says_what_to_install_and_images_still_work(tmp_path, blank_weights):

@@ -64,8 +64,9 @@ def one_error_line(err: str) -> str:
 
 
 def segmenter(weights: Path, threshold) -> FaceSegmenter:
-    return FaceSegmenter("linknet34_oneflow", params_dir=weights, device="cpu", threshold=threshold, input_size=64,
-                         progress=False)
+    return FaceSegmenter(
+        "linknet34_oneflow", params_dir=weights, device="cpu", threshold=threshold, input_size=64, progress=False
+    )
 
 
 # --------------------------------------------------------------------------
@@ -79,9 +80,20 @@ def test_out_that_is_the_source_is_refused_however_it_is_spelled(tmp_path, blank
     (tmp_path / "link.mp4").symlink_to(clip.path)
     # As a user types it, in a subprocess: exit 2, one line, the video untouched.
     proc = subprocess.run(
-        [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip.path}", f"OUT={clip.path}",
-         f"MODEL_PARAMS_DIR={blank_weights}", "INPUT_SIZE=64", "DEVICE=cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "face_segmentation_pytorch.video",
+            f"SOURCE={clip.path}",
+            f"OUT={clip.path}",
+            f"MODEL_PARAMS_DIR={blank_weights}",
+            "INPUT_SIZE=64",
+            "DEVICE=cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc.stderr)
@@ -138,7 +150,9 @@ def test_image_sequence_in_natural_order_for_video_masks_and_smoothing(tmp_path,
     # Smoothed heatmaps: the moving average runs through 1, 2, ... 12, and each is named by its frame.
     masks = tmp_path / "m"
     s = 0.5
-    rc, err = run([f"SOURCE={frames}/*.png", f"MASKS_DIR={masks}", f"SMOOTH={s}", "MASK_THRESHOLD=null"], weights, capsys)
+    rc, err = run(
+        [f"SOURCE={frames}/*.png", f"MASKS_DIR={masks}", f"SMOOTH={s}", "MASK_THRESHOLD=null"], weights, capsys
+    )
     assert rc == 0, err
     assert sorted(p.name for p in masks.iterdir()) == sorted(names)
     seg = segmenter(weights, None)
@@ -235,9 +249,21 @@ def test_ctrl_c_again_while_the_file_is_finished_waits_for_it(tmp_path, weights)
     # (a file in gates/): every Ctrl-C lands where this test says.
     env = dict(os.environ, FSP_VIDEO_PAUSE_AT="frame:5,finishing", FSP_VIDEO_PAUSE_GATE=str(gates))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "face_segmentation_pytorch.video", f"SOURCE={clip.path}", f"OUT={out}",
-         f"MASKS_DIR={masks}", f"MODEL_PARAMS_DIR={weights}", "INPUT_SIZE=64", "DEVICE=cpu"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "face_segmentation_pytorch.video",
+            f"SOURCE={clip.path}",
+            f"OUT={out}",
+            f"MASKS_DIR={masks}",
+            f"MODEL_PARAMS_DIR={weights}",
+            "INPUT_SIZE=64",
+            "DEVICE=cpu",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
         # Ctrl-C as in a terminal, even where this test runs with SIGINT ignored (nohup, some CI).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

@@ -42,8 +42,10 @@ def draw_marker(img: np.ndarray, i: int) -> None:
 
 def read_marker(rgb: np.ndarray) -> int:
     """The frame number a picture's marker says (each digit to its nearest level)."""
-    digits = [int(round((float(rgb[r.start + 2:r.stop - 2, c.start + 2:c.stop - 2].mean()) - _BASE) / _STEP))
-              for r, c in MARKS]
+    digits = [
+        int(round((float(rgb[r.start + 2 : r.stop - 2, c.start + 2 : c.stop - 2].mean()) - _BASE) / _STEP))
+        for r, c in MARKS
+    ]
     return digits[0] + 16 * digits[1]
 
 
@@ -135,7 +137,7 @@ def make_clip(
             tone = (0.4 * np.sin(2 * np.pi * TONE_HZ * np.arange(samples) / SAMPLE_RATE)).astype(np.float32)
             chunk = 1024
             for k in range(0, samples, chunk):
-                part = tone[None, k:k + chunk]
+                part = tone[None, k : k + chunk]
                 if a.codec_context.name.startswith("pcm_s16"):
                     frame = av.AudioFrame.from_ndarray((part * 32767).astype(np.int16), format="s16", layout="mono")
                 else:
@@ -245,8 +247,12 @@ def near(a: np.ndarray, b: np.ndarray) -> float:
 
     h, w = a.shape[:2]
     small = (max(1, w // 4), max(1, h // 4))
-    return float(np.abs(cv2.resize(a, small, interpolation=cv2.INTER_AREA).astype(int)
-                        - cv2.resize(b, small, interpolation=cv2.INTER_AREA).astype(int)).mean())
+    return float(
+        np.abs(
+            cv2.resize(a, small, interpolation=cv2.INTER_AREA).astype(int)
+            - cv2.resize(b, small, interpolation=cv2.INTER_AREA).astype(int)
+        ).mean()
+    )
 
 
 def sha256(path: Path) -> str:
@@ -321,7 +327,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
-        self.wfile.write(data[start:end + 1])
+        self.wfile.write(data[start : end + 1])
 
     def log_message(self, *args) -> None:
         pass

@@ -127,8 +127,6 @@ class Smoother:
         return ema, mask, alpha
 
 
-
-
 # --------------------------------------------------------------------------
 # The generator.
 
@@ -189,7 +187,6 @@ class VideoFrame:
         return render_frame(self.bgr, self.shown, style, **kwargs)
 
 
-
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     """Put without blocking forever: give up when ``stop`` is set."""
     while not stop.is_set():
@@ -201,8 +198,14 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _reader(source: VideoSource, segmenter, out: queue.Queue, stop: threading.Event, max_frames: int | None,
-            skip: Callable[[str], bool] | None) -> None:
+def _reader(
+    source: VideoSource,
+    segmenter,
+    out: queue.Queue,
+    stop: threading.Event,
+    max_frames: int | None,
+    skip: Callable[[str], bool] | None,
+) -> None:
     # Decoding, BGR -> RGB and the network's input preparation, beside the network.
     cv2 = _cv2()
     try:
@@ -287,6 +290,7 @@ def segment_video(
         target=_reader, args=(src, segmenter, frames, stop, max_frames, skip), name="fsp-video-read", daemon=True
     )
     reader.start()
+
     def got(timeout: float) -> bool:
         try:
             box.append(frames.get(timeout=timeout))

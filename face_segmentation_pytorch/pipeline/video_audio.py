@@ -84,7 +84,9 @@ class SoundTracks:
                     f"re-encoded ({av_error(e)})"
                 )
                 continue
-            self.tracks[s.index] = _Track(s, out, False, f"{name} re-encoded as {out.codec_context.codec.canonical_name}")
+            self.tracks[s.index] = _Track(
+                s, out, False, f"{name} re-encoded as {out.codec_context.codec.canonical_name}"
+            )
         self._packets = self._input.demux(*[t.source for t in self.tracks.values()]) if self.tracks else iter(())
         self._held = None  # a packet read that is not due yet
         self._done = not self.tracks

@@ -132,4 +132,3 @@ def _render_mask(img, mask, style, color, background, alpha) -> np.ndarray:
 
 def _lut(table: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.ascontiguousarray(table)), 0, 255).astype(np.uint8).reshape(256, 1, 3)
-

@@ -271,7 +271,11 @@ class FileSource(VideoSource):
         except self._av.error.EOFError:
             self._ended = True
         except self._av.error.FFmpegError as e:
-            when = f" at {float(packet.pts * packet.time_base):.2f} s" if packet is not None and packet.pts is not None else ""
+            when = (
+                f" at {float(packet.pts * packet.time_base):.2f} s"
+                if packet is not None and packet.pts is not None
+                else ""
+            )
             self.skipped.append((self.path, f"a damaged packet{when} could not be decoded ({av_error(e)})"))
 
     def _fill(self) -> None:
@@ -308,11 +312,13 @@ class FileSource(VideoSource):
         reached = float(self._last_pts * self.time_base) - start
         # Beyond three frames and 2 %: headers count the last frame's duration, edit lists shift a little.
         if declared - reached > max(3 / (self.fps or DEFAULT_FPS), 0.02 * declared):
-            self.skipped.append((
-                self.path,
-                f"the file ends at {reached:.1f} s but its header says {declared:.1f} s: cut short? "
-                f"(the {self._index} frames there were processed)",
-            ))
+            self.skipped.append(
+                (
+                    self.path,
+                    f"the file ends at {reached:.1f} s but its header says {declared:.1f} s: cut short? "
+                    f"(the {self._index} frames there were processed)",
+                )
+            )
 
     def _next(self) -> SourceFrame | None:
         self._fill()
@@ -437,7 +443,9 @@ class CameraSource(VideoSource):
             frame = self._grab()
         if frame is None:
             self.close()
-            raise VideoError(f"SOURCE={index}: camera {index} opened but gave no frame; is it in use by another program?")
+            raise VideoError(
+                f"SOURCE={index}: camera {index} opened but gave no frame; is it in use by another program?"
+            )
         self._first = self._frame(frame)
         self.height, self.width = (int(v) for v in frame.shape[:2])
 
@@ -482,9 +490,7 @@ def _camera_index(spec) -> int | None:
     return None
 
 
-def open_source(
-    spec: str | os.PathLike | int, *, fps: float | None = None, camera_wait_s: float = 2.0
-) -> VideoSource:
+def open_source(spec: str | os.PathLike | int, *, fps: float | None = None, camera_wait_s: float = 2.0) -> VideoSource:
     """Open a video file, an image-sequence glob or a camera, and read its first frame.
 
     Args:

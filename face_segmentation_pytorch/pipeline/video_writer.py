@@ -75,7 +75,9 @@ class OutputType:
 
 
 # Browsers play AAC, MP3, Opus and FLAC in MP4, Opus and Vorbis in WebM.
-_MP4 = OutputType("mp4", "libx264", "aac", frozenset({"aac", "mp3", "opus", "flac"}), options={"movflags": "+faststart"})
+_MP4 = OutputType(
+    "mp4", "libx264", "aac", frozenset({"aac", "mp3", "opus", "flac"}), options={"movflags": "+faststart"}
+)
 OUTPUT_TYPES: dict[str, OutputType] = {
     ".mp4": _MP4,
     ".m4v": _MP4,
@@ -87,9 +89,21 @@ OUTPUT_TYPES: dict[str, OutputType] = {
 
 #: OpenCV's four-character codes, as ``CODEC`` took them before: the FFmpeg encoder for each.
 FOURCC_ENCODERS = {
-    "mp4v": "mpeg4", "xvid": "mpeg4", "divx": "mpeg4", "fmp4": "mpeg4", "mjpg": "mjpeg",
-    "avc1": "libx264", "h264": "libx264", "x264": "libx264", "vp90": "libvpx-vp9", "vp09": "libvpx-vp9",
-    "vp80": "libvpx", "hevc": "libx265", "hvc1": "libx265", "hev1": "libx265", "av01": "libsvtav1",
+    "mp4v": "mpeg4",
+    "xvid": "mpeg4",
+    "divx": "mpeg4",
+    "fmp4": "mpeg4",
+    "mjpg": "mjpeg",
+    "avc1": "libx264",
+    "h264": "libx264",
+    "x264": "libx264",
+    "vp90": "libvpx-vp9",
+    "vp09": "libvpx-vp9",
+    "vp80": "libvpx",
+    "hevc": "libx265",
+    "hvc1": "libx265",
+    "hev1": "libx265",
+    "av01": "libsvtav1",
 }
 
 #: CRF when none is given: 18 is near-transparent H.264 (x264's own default is 23);
@@ -109,8 +123,15 @@ _OPTIONS: dict[str, dict[str, str]] = {
     "mjpeg": {"flags": "+qscale", "global_quality": str(3 * 118)},
     "mpeg4": {"flags": "+qscale", "global_quality": str(3 * 118)},
 }
-_NAMES = {"h264": "H.264", "hevc": "H.265", "vp9": "VP9", "vp8": "VP8", "av1": "AV1", "mjpeg": "MJPEG",
-          "mpeg4": "MPEG-4 Part 2"}
+_NAMES = {
+    "h264": "H.264",
+    "hevc": "H.265",
+    "vp9": "VP9",
+    "vp8": "VP8",
+    "av1": "AV1",
+    "mjpeg": "MJPEG",
+    "mpeg4": "MPEG-4 Part 2",
+}
 
 
 def partial_path(out: Path) -> Path:
@@ -191,7 +212,9 @@ def plan_encoding(out: str | os.PathLike, codec: str | None = None, crf: int | N
     ctx = av.CodecContext.create(encoder, "w")
     crf_option = next((o for o in ctx.supported_options.private if o.name == "crf"), None)
     if crf is not None and crf_option is None:
-        raise VideoError(f"CRF={crf}: {encoder} has no constant-quality setting; leave CRF out, or use libx264 or libvpx-vp9")
+        raise VideoError(
+            f"CRF={crf}: {encoder} has no constant-quality setting; leave CRF out, or use libx264 or libvpx-vp9"
+        )
     if crf_option is not None:
         top = _CRF_MAX.get(encoder, int(crf_option.max))
         if crf is not None and not 0 <= crf <= top:
@@ -257,8 +280,12 @@ def probe(path: str | os.PathLike) -> OutputInfo:
         v = c.streams.video[0]
         duration = c.duration / 1e6 if c.duration else float((v.duration or 0) * (v.time_base or 0))
         return OutputInfo(
-            v.codec_context.codec.canonical_name, v.codec_context.pix_fmt or "?", v.codec_context.width,
-            v.codec_context.height, frames, duration,
+            v.codec_context.codec.canonical_name,
+            v.codec_context.pix_fmt or "?",
+            v.codec_context.width,
+            v.codec_context.height,
+            frames,
+            duration,
             [a.codec_context.codec.canonical_name for a in c.streams.audio],
         )
 
@@ -336,7 +363,11 @@ class VideoSink:
                 # MPEG-4 Part 2 takes denominators up to 65535 (MP4's 1/90000 is refused):
                 # 1/60000 still places frames to the sub-millisecond, else the frame rate's.
                 time_base = next(
-                    (tb for tb in (Fraction(1, 60000), rate_time_base(rate or DEFAULT_FPS)) if _opens(av, enc, *coded, tb)),
+                    (
+                        tb
+                        for tb in (Fraction(1, 60000), rate_time_base(rate or DEFAULT_FPS))
+                        if _opens(av, enc, *coded, tb)
+                    ),
                     time_base,
                 )
             self.time_base = time_base
@@ -355,8 +386,9 @@ class VideoSink:
             self.sound: SoundTracks | None = None
             if sound_from is not None:
                 try:
-                    self.sound = SoundTracks(av, Path(sound_from), self._container, enc.type.copy, enc.type.audio,
-                                             self.path.suffix.lower())
+                    self.sound = SoundTracks(
+                        av, Path(sound_from), self._container, enc.type.copy, enc.type.audio, self.path.suffix.lower()
+                    )
                     self.notes += self.sound.notes
                 except av.error.FFmpegError as e:
                     self.notes.append(f"sound left out: the source's sound could not be read ({av_error(e)})")
@@ -385,8 +417,10 @@ class VideoSink:
         import cv2
 
         bgr, shown, rendered, pts, time_base, duration = item
-        img = rendered if rendered is not None else render_frame(
-            bgr, shown, self.style, color=self.color, background=self.background
+        img = (
+            rendered
+            if rendered is not None
+            else render_frame(bgr, shown, self.style, color=self.color, background=self.background)
         )
         if self.padded is not None:
             (w, h), (pw, ph) = self.size, self.padded
