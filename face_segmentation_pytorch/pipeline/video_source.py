@@ -328,10 +328,11 @@ class FileSource(VideoSource):
         # Colours as the stream tags them (BT.709, full range...), as players convert them.
         kwargs = {"src_color_range": frame.color_range} if frame.color_range in (1, 2) else {}
         bgr = frame.to_ndarray(format="bgr24", **kwargs)
+        rotation = int(getattr(frame, "rotation", 0) or 0)  # the display matrix's angle (PyAV reads it per frame)
         if self.stored_size is None:
             self.stored_size = (frame.width, frame.height)
-            self.rotation = int(frame.rotation or 0)
-        bgr = _rotate(bgr, int(frame.rotation or 0))
+            self.rotation = rotation
+        bgr = _rotate(bgr, rotation)
         if self.width and (bgr.shape[1], bgr.shape[0]) != (self.width, self.height):
             # A stream that changes size mid-way: the output keeps the first size.
             bgr = _cv2().resize(bgr, (self.width, self.height), interpolation=_cv2().INTER_AREA)

@@ -210,7 +210,11 @@ def plan_encoding(out: str | os.PathLike, codec: str | None = None, crf: int | N
     encoder = c.name
     options = dict(_OPTIONS.get(encoder, {}))
     ctx = av.CodecContext.create(encoder, "w")
-    crf_option = next((o for o in ctx.supported_options.private if o.name == "crf"), None)
+    private = getattr(getattr(ctx, "supported_options", None), "private", None)
+    if private is not None:
+        crf_option = next((o for o in private if o.name == "crf"), None)
+    else:  # a PyAV that does not list encoder options: the encoders known to have CRF
+        crf_option = _KnownCrf(63) if encoder in _DEFAULT_CRF else None
     if crf is not None and crf_option is None:
         raise VideoError(
             f"CRF={crf}: {encoder} has no constant-quality setting; leave CRF out, or use libx264 or libvpx-vp9"
@@ -227,6 +231,11 @@ def plan_encoding(out: str | os.PathLike, codec: str | None = None, crf: int | N
     if encoder == "mjpeg" and "yuvj420p" in formats:
         pix_fmt = "yuvj420p"  # JPEG's full range, as players expect from MJPEG
     return Encoding(kind, encoder, c.canonical_name, options, pix_fmt, crf)
+
+
+@dataclass(frozen=True)
+class _KnownCrf:
+    max: float
 
 
 def _container_codecs(av, kind: OutputType) -> set[str]:
