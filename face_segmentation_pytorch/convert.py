@@ -152,7 +152,7 @@ def save_state_dict(state_dict, path: str | os.PathLike) -> Path:
     """Save a state_dict atomically; the format follows the file extension."""
     import torch
 
-    from .pipeline.atomic import atomic_path
+    from .files.atomic import atomic_path
 
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
@@ -199,7 +199,7 @@ def _read_source(path: str, strict: bool):
 def lookup_note(state, out: Path) -> str | None:
     """A line saying what name the weights lookup would find ``out`` under, when it would not
     find it as it is named (``None`` when it would, or the state fits no entry)."""
-    from .pipeline.families import family_of_state_dict
+    from .weights.families import family_of_state_dict
     from .weights.registry import DEFAULT_FOR_FAMILY, weights_for
 
     try:

@@ -142,7 +142,7 @@ def _load_weights(cfg: dict):
     Raises:
         WeightsError: The weights cannot be found, downloaded, read or verified (exit status 3).
     """
-    from .pipeline.families import family_of_state_dict
+    from .weights.families import family_of_state_dict
     from .weights.registry import DEFAULT_FOR_FAMILY, find_or_download_state_dict, get_weights, load_state_dict_file
 
     entry = get_weights(cfg["WEIGHTS"])

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from ..errors import DownloadError
-from ..pipeline.atomic import atomic_path, ensure_writable_dir, remove_empty_dirs
-from ..pipeline.progress import progress_bar
+from ..files.atomic import atomic_path, ensure_writable_dir, remove_empty_dirs
+from ..files.progress import progress_bar
 
 __all__ = ["download_url_to_file", "extract_zip_member", "sha256_of_file", "shown_folder"]
 

@@ -23,10 +23,18 @@ import torch
 from torch import nn
 
 from ..errors import CaffeModelError, WeightsError, WeightsSettingError
+from ..files.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists, save_atomic
 from ..models.fcn8s import BGR_MEAN
-from ..pipeline.atomic import ensure_writable_dir, remove_empty_dirs, remove_if_exists, save_atomic
-from ..pipeline.families import FAMILIES, FCN8S, Family, Preprocessing, family_of_model, family_of_state_dict
 from .download import download_url_to_file, extract_zip_member, shown_folder
+from .families import (
+    FAMILIES,
+    FCN8S,
+    IMAGENET_PREPROCESSING,
+    Family,
+    Preprocessing,
+    family_of_model,
+    family_of_state_dict,
+)
 
 __all__ = [
     "Weights",
@@ -109,15 +117,10 @@ class Weights:
 
 
 _CAFFE = Preprocessing(input_size=500, channel_order="BGR", mean=BGR_MEAN, resample="bicubic")
-# ImageNet statistics in 0..255 units, RGB, Pillow's bilinear resize to 256x256:
-# the PyTorch baseline's preprocessing (transforms.Resize on a PIL image).
-_IMAGENET = Preprocessing(
-    input_size=256,
-    channel_order="RGB",
-    mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
-    std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
-    resample="pil_bilinear",
-)
+# ImageNet statistics, RGB, Pillow's bilinear resize to 256x256: the PyTorch
+# baseline's preprocessing, defined once in the families (a LinkNet34 object given
+# without an entry is fed the same way).
+_IMAGENET = IMAGENET_PREPROCESSING
 _LINKNET_URL = "https://oneflow-public.oss-cn-beijing.aliyuncs.com/model_zoo/cv/seg/linknet_oneflow_model.zip"
 
 WEIGHTS: dict[str, Weights] = {
