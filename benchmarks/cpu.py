@@ -26,7 +26,8 @@ same input for every row):
    one core busy, against a forward-only loop in the same state.
 4. ``--layers``: oneDNN's direct 3x3 convolution against Winograd F(2x2, 3x3)
    (``kernels.winograd_f2_conv3x3``) at LinkNet34's encoder shapes, and the
-   LinkNet34 fast path with and without Winograd.
+   LinkNet34 fast path with and without Winograd, at this run's thread count
+   (``--threads 1``: as the package uses Winograd, on one thread only).
 
 Rows the CPU cannot run are listed with the reason (bf16 needs AVX-512 BF16 or
 AMX; OpenVINO says which precision it picked). Prints markdown tables and
@@ -55,6 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import face_segmentation_pytorch  # noqa: F401  (before torch: the package's OpenMP and huge-page defaults)
 
@@ -550,6 +552,21 @@ def bench_video(args, tmp: Path, precisions: list[str]) -> list[dict]:
 
 
 def bench_layers(args) -> dict:
+    """Both ways at this run's thread count and, where that is more, on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    rows = _layers_at(args, threads)
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            rows += _layers_at(args, 1)
+        finally:
+            torch.set_num_threads(threads)
+    return {"rows": rows}
+
+
+def _layers_at(args, threads: int) -> list[dict]:
     import torch
 
     from face_segmentation_pytorch.models import kernels, linknet
@@ -570,23 +587,22 @@ def bench_layers(args) -> dict:
     net = random_linknet()
     wino, direct = linknet.fast_inference_model(net), linknet.fast_inference_model(net)
     x = torch.randn(1, 3, 256, 256)
-    with torch.inference_mode():
-        keep = kernels.WINOGRAD_F2_MIN_CHANNEL_PRODUCT
-        kernels.WINOGRAD_F2_MIN_CHANNEL_PRODUCT = 1 << 40  # direct's plan (kept per model) without Winograd
-        try:
+    # Both plans as for one thread (the only case the package uses Winograd in),
+    # direct's without Winograd, then both timed at this run's thread count.
+    with torch.inference_mode(), mock.patch.object(linknet, "_single_thread", lambda: True):
+        with mock.patch.object(kernels, "WINOGRAD_F2_MIN_CHANNEL_PRODUCT", 1 << 40):
             direct(x)
-        finally:
-            kernels.WINOGRAD_F2_MIN_CHANNEL_PRODUCT = keep
         wino(x)
-    fns["LinkNet34 fast path, 256x256|direct"] = lambda: direct(x)
-    fns["LinkNet34 fast path, 256x256|winograd"] = lambda: wino(x)
-    with torch.inference_mode():
+        fns["LinkNet34 fast path, 256x256|direct"] = lambda: direct(x)
+        fns["LinkNet34 fast path, 256x256|winograd"] = lambda: wino(x)
         times = time_blocks({k: (lambda _x, f=f: f()) for k, f in fns.items()}, x, args)
     rows = []
     for name in [*shapes, "LinkNet34 fast path, 256x256"]:
         d, w = statistics.median(times[f"{name}|direct"]), statistics.median(times[f"{name}|winograd"])
-        rows.append({"layer": name, "direct_ms": 1000 * d, "winograd_ms": 1000 * w, "speedup": d / w})
-    return {"rows": rows}
+        rows.append(
+            {"layer": name, "threads": threads, "direct_ms": 1000 * d, "winograd_ms": 1000 * w, "speedup": d / w}
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------
@@ -662,9 +678,14 @@ def video_table(rows: list[dict], size: str) -> str:
 
 
 def layers_table(data: dict) -> str:
-    lines = ["| 3x3 layer, batch 1 | direct (oneDNN) ms | Winograd F(2x2, 3x3) ms | speed-up |", "|---|---:|---:|---:|"]
+    lines = [
+        "| 3x3 layer, batch 1 | threads | direct (oneDNN) ms | Winograd F(2x2, 3x3) ms | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in data["rows"]:
-        lines.append(f"| {r['layer']} | {r['direct_ms']:.2f} | {r['winograd_ms']:.2f} | {r['speedup']:.2f}x |")
+        lines.append(
+            f"| {r['layer']} | {r['threads']} | {r['direct_ms']:.2f} | {r['winograd_ms']:.2f} | {r['speedup']:.2f}x |"
+        )
     return "\n".join(lines)
 
 

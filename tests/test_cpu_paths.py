@@ -158,7 +158,20 @@ def _fast_model(state, dtype=torch.float32) -> L.LinkNet34:
     return L.fast_inference_model(model.eval()).to(dtype)
 
 
-def test_fp32_fast_path_with_winograd_and_the_phase_head_equals_float64(photos):
+@pytest.fixture
+def one_thread():
+    """torch on one thread (as the package's worker processes run), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _winograd_layers(model) -> int:
+    return sum(isinstance(c, L._Wino) for block in L._PLANS[model].blocks for c in block)
+
+
+def test_fp32_fast_path_with_winograd_and_the_phase_head_equals_float64(photos, one_thread):
     state = random_state(1, seed=1)
     model = _fast_model(state)
     g = torch.Generator().manual_seed(2)
@@ -169,12 +182,26 @@ def test_fp32_fast_path_with_winograd_and_the_phase_head_equals_float64(photos):
         ref = reference_forward(state, x)
         assert y.shape == ref.shape and y.dtype == torch.float32
         assert _rel(y, ref) < 1e-5, tuple(x.shape)
-    plan = L._PLANS[model]
-    winograd = [c for block in plan.blocks for c in block if isinstance(c, L._Wino)]
-    assert len(winograd) == 23  # every stride-1 3x3 layer of encoder2..encoder4; encoder1 stays direct
+    assert _winograd_layers(model) == 23  # every stride-1 3x3 layer of encoder2..encoder4; encoder1 stays direct
 
 
-def test_the_head_orders_several_classes_like_the_module(photos):
+def test_winograd_only_on_one_thread_and_the_plan_follows_the_thread_count(photos):
+    state = random_state(1, seed=1)
+    model = _fast_model(state)
+    ref = reference_forward(state, photos[:1])
+    before = torch.get_num_threads()
+    try:
+        for threads, layers in ((2, 0), (1, 23), (2, 0)):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                y = model(photos[:1])
+            assert _winograd_layers(model) == layers, threads
+            assert _rel(y, ref) < 1e-5
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_head_orders_several_classes_like_the_module(photos, one_thread):
     state = random_state(3, seed=2)
     model = _fast_model(state)
     with torch.inference_mode():

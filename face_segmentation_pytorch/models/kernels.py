@@ -23,9 +23,8 @@ Why they exist (measured on the project's 2-core machines, see README
   of 36, with the kernel transformed once (:func:`winograd_f2_weights`). Its
   transforms add and subtract only (no scaling), so its error stays at direct
   fp32 rounding (3e-7 to 7e-7 of a layer's largest output). For LinkNet34's
-  encoder, whose maps (32x32 to 8x8 at 256x256) are too small for F(4x4)'s
-  tiles: 1.1x-1.45x oneDNN's direct convolution at 128 channels and more, slower
-  at 64 (``benchmarks/cpu.py --layers``).
+  encoder on one thread, whose maps (32x32 to 8x8 at 256x256) are too small for
+  F(4x4)'s tiles (``benchmarks/cpu.py --layers``, see linknet.py for two threads).
 """
 
 from __future__ import annotations
@@ -251,10 +250,10 @@ def conv_as_matmul(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
 # Winograd F(2x2, 3x3) with the kernel transformed once.
 
 #: Stride-1 3x3 layers with at least this many (input x output) channel pairs
-#: take F(2x2, 3x3) in LinkNet34's fp32 fast path. Measured on 2 cores at batch 1
-#: (CPU time, 1 and 2 threads; ``benchmarks/cpu.py --layers``): 64x64 channels at
-#: 64x64 0.7x-0.8x (the transforms cost more than they save), 128 at 32x32
-#: 1.1x-1.25x, 256 at 16x16 1.3x-1.45x, 512 at 8x8 1.2x-1.35x.
+#: take F(2x2, 3x3) in LinkNet34's fp32 fast path on one thread. Measured at
+#: batch 1 on one thread (``benchmarks/cpu.py --layers --threads 1``; see
+#: docs/performance.md): 64x64 channels at 64x64 slower (the transforms cost
+#: more than they save), 128 at 32x32 and more faster.
 WINOGRAD_F2_MIN_CHANNEL_PRODUCT = 128 * 128
 
 # Lavin & Gray (2016), F(2x2, 3x3) with interpolation points 0, +-1, inf: every

@@ -336,11 +336,15 @@ def fold_batchnorm(model: LinkNet34, *, inplace: bool = False) -> LinkNet34:
 # * each convolution runs as one oneDNN primitive with its ReLU fused, and the
 #   residual addition plus ReLU fused into every block's second convolution;
 # * weights are reordered once into oneDNN's blocked layout and kept;
-# * in float32, the stride-1 3x3 layers of 128 channels and more (encoder2 to
-#   encoder4, 23 of the 36 3x3 layers) run as Winograd F(2x2, 3x3) with the
-#   kernels transformed once (kernels.winograd_f2_conv3x3): 2.25x fewer
-#   multiplications, 1.1x-1.45x faster per layer, error at direct fp32 rounding.
-#   encoder1's 64-channel layers stay direct (Winograd measured 0.7x-0.8x there);
+# * in float32 on one thread (worker processes, OMP_NUM_THREADS=1), the stride-1
+#   3x3 layers of 128 channels and more (encoder2 to encoder4, 23 of the 36 3x3
+#   layers) run as Winograd F(2x2, 3x3) with the kernels transformed once
+#   (kernels.winograd_f2_conv3x3): 2.25x fewer multiplications, error at direct
+#   fp32 rounding. benchmarks/cpu.py --layers: on one thread 1.1x-1.45x per
+#   layer; on two threads of a quiet machine 0.76x-0.91x, the whole path 0.82x
+#   (its eight small operations per layer each wake the other thread, where one
+#   oneDNN call scales nearly 2x), so with more threads every layer stays on oneDNN.
+#   encoder1's 64-channel layers stay direct (Winograd 0.6x-0.85x there);
 # * the decoders' 4x4 stride-2 transposed convolutions run as oneDNN
 #   deconvolutions with the ReLU fused;
 # * finaldeconv1 (3x3, stride 2) runs as four ordinary convolutions, one per
@@ -487,7 +491,9 @@ class _FastPlan:
 
     def __init__(self, model: LinkNet34, input_hw: tuple[int, int]) -> None:
         h, w = input_hw
-        winograd = model.firstconv.weight.dtype == torch.float32
+        #: Made for one thread: Winograd layers (see above); remade when that changes.
+        self.single_thread = _single_thread()
+        winograd = model.firstconv.weight.dtype == torch.float32 and self.single_thread
 
         def conv(c: nn.Module, bn: nn.Module | None, hw) -> _Conv | _Wino:
             wt, bias = _fold_pair(c, bn)
@@ -565,10 +571,15 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PLANS_LOCK = threading.Lock()
 
 
+def _single_thread() -> bool:
+    """Whether torch runs its operators on one thread here (where Winograd pays)."""
+    return torch.get_num_threads() == 1
+
+
 def _plan(model: LinkNet34, x: torch.Tensor) -> _FastPlan:
     with _PLANS_LOCK:
         plan = _PLANS.get(model)
-        if plan is None or not plan.valid(model):
+        if plan is None or not plan.valid(model) or plan.single_thread != _single_thread():
             plan = _PLANS[model] = _FastPlan(model, (int(x.shape[2]), int(x.shape[3])))
         return plan
 
