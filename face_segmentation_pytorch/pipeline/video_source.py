@@ -46,6 +46,8 @@ DEFAULT_FPS = 25.0
 #: A reported frame rate outside (0, this] is taken as "unknown" (some streams report 0 or 90000).
 _MAX_PLAUSIBLE_FPS = 1000.0
 _GLOB_CHARS = set("*?[")
+#: Frames up to this many pixels (1080p) are decoded in one thread.
+_ONE_THREAD_PIXELS = 1920 * 1088
 #: Cameras: timestamps in milliseconds from the first frame.
 _CAMERA_TIME_BASE = Fraction(1, 1000)
 
@@ -245,7 +247,10 @@ class FileSource(VideoSource):
             self._container.close()
             raise VideoError(f"SOURCE={path}: has no video stream (only sound or data); give a video file")
         self.stream = s = streams[0]
-        s.thread_type = "AUTO"  # frame and slice threads: decoding keeps up with the network
+        if (s.codec_context.width or 0) * (s.codec_context.height or 0) <= _ONE_THREAD_PIXELS:
+            s.thread_count = 1  # up to 1080p one thread keeps up with the network, with less overhead
+        else:
+            s.thread_type = "AUTO"  # 4K from a phone: FFmpeg's frame and slice threads
         self.fps = _plausible(s.average_rate) or _plausible(s.guessed_rate)
         self.frame_count = s.frames or _count_packets(path, s.index) or None
         #: Sound streams of the file (copied into OUT by the writer).
