@@ -9,15 +9,15 @@ would then run with other settings than this one).
 ``OMP_WAIT_POLICY=PASSIVE``: between parallel regions PyTorch's OpenMP threads
 sleep instead of spinning. LinkNet34's forward is ~60 short parallel regions;
 on a busy machine spinning threads take the cores the other threads need (the
-video command's reader and writer, other processes). Measured on 2 cores with
-other jobs running (``benchmarks/cpu.py``, the ``threads`` rows): a forward of
-LinkNet34 at 256x256 in 95-120 ms with PASSIVE against 270-450 ms with OpenMP's
-default or ACTIVE, and with one core kept busy by another process 190 against
-540-870 ms. On an idle machine spinning saves a little (one quiet moment
-measured 53 against 65 ms); ``OMP_WAIT_POLICY=ACTIVE`` gets it back.
+video command's reader and writer, other processes). Measured with
+``benchmarks/cpu.py`` (its OpenMP table; docs/performance.md, "CPU: fp32, bf16,
+peers") on 2 cores with other jobs running: a LinkNet34 forward at 256x256 in
+90 ms with PASSIVE against 280-320 ms with ACTIVE or OpenMP's default, and with
+one core kept busy by another process 111 against 710-760 ms. On a quiet
+machine spinning is faster (45 against 65 ms in a quiet spell of an earlier
+run); ``OMP_WAIT_POLICY=ACTIVE`` gets that back where nothing else runs.
 
-The thread count stays PyTorch's (one per core): with one core busy, one
-thread measured slower than two (270 against 195 ms).
+The thread count stays PyTorch's (one per core).
 """
 
 from __future__ import annotations

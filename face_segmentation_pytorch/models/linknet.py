@@ -340,11 +340,12 @@ def fold_batchnorm(model: LinkNet34, *, inplace: bool = False) -> LinkNet34:
 #   3x3 layers of 128 channels and more (encoder2 to encoder4, 23 of the 36 3x3
 #   layers) run as Winograd F(2x2, 3x3) with the kernels transformed once
 #   (kernels.winograd_f2_conv3x3): 2.25x fewer multiplications, error at direct
-#   fp32 rounding. benchmarks/cpu.py --layers: on one thread 1.1x-1.45x per
-#   layer; on two threads of a quiet machine 0.76x-0.91x, the whole path 0.82x
-#   (its eight small operations per layer each wake the other thread, where one
-#   oneDNN call scales nearly 2x), so with more threads every layer stays on oneDNN.
-#   encoder1's 64-channel layers stay direct (Winograd 0.6x-0.85x there);
+#   fp32 rounding. benchmarks/cpu.py --layers: on one thread 1.07x-1.41x per
+#   layer, the whole path 1.13x; on two threads 0.74x-1.03x per layer, the whole
+#   path 0.82x-0.91x (its eight small operations per layer each wake the other
+#   thread, where one oneDNN call scales nearly 2x), so with more threads every
+#   layer stays on oneDNN. encoder1's 64-channel layers stay direct (Winograd
+#   0.6x-0.7x there);
 # * the decoders' 4x4 stride-2 transposed convolutions run as oneDNN
 #   deconvolutions with the ReLU fused;
 # * finaldeconv1 (3x3, stride 2) runs as four ordinary convolutions, one per
@@ -353,8 +354,8 @@ def fold_batchnorm(model: LinkNet34, *, inplace: bool = False) -> LinkNet34:
 #   pixel), written interleaved into the 257x257 map; finalconv2 runs on it
 #   directly; finalconv3 (32 -> 1 channel, which oneDNN runs at a few GFLOP/s)
 #   is one matrix product to its four taps and four shifted additions.
-#   Measured against the earlier space-to-depth head (three 2x2 convolutions
-#   over 4 x 32 channels, 3.3 instead of 1.8 GFLOP): 16 against 24 ms on one core.
+#   The earlier space-to-depth head (three 2x2 convolutions over 4 x 32
+#   channels, zero taps included) did 3.3 GFLOP for these 1.8.
 #
 # In bfloat16 (weights converted once, PRECISION=bf16 on CPUs with native
 # bfloat16) the same path runs with every convolution on oneDNN in bfloat16
