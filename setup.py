@@ -51,7 +51,7 @@ setup(
         # The video command reads and writes files through FFmpeg's own libraries
         # (PyAV's wheels carry FFmpeg with libx264, libvpx, AAC and Opus); OpenCV stays
         # for cameras and SHOW.
-        "video": ["av>=12", "opencv-python-headless>=4.5,<5"],
+        "video": ["av>=18", "opencv-python-headless>=4.5,<5"],
         "test": [
             "pytest>=7",
             "protobuf>=4.21",
@@ -66,7 +66,7 @@ setup(
             "onnxscript>=0.1",
             "onnxruntime>=1.16",
             "ray[data]>=2.9",
-            "av>=12",
+            "av>=18",
             "selenium>=4.10",
             "ruff>=0.6",
         ],
