@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
-__all__ = ["FifoImage"]
+__all__ = ["FifoImage", "gated_image_list", "wait_for_outputs"]
 
 
 class FifoImage:
@@ -65,3 +66,36 @@ class FifoImage:
         """Swap the pipe for a regular file holding ``data`` (for the run that resumes)."""
         self.path.unlink()
         self.path.write_bytes(data)
+
+
+def gated_image_list(folder: Path, photo, n: int = 40) -> tuple[Path, FifoImage]:
+    """``n - 1`` photos ``img00.png...`` in ``folder/many`` and, last, a :class:`FifoImage`;
+    returns a list file naming all ``n`` (a folder lists regular files only) and the pipe.
+
+    Args:
+        folder: Where ``many/`` and ``images.txt`` go.
+        photo: ``photo(h, w, seed) -> PIL.Image``, the test's image maker.
+        n: How many inputs in all.
+    """
+    src = folder / "many"
+    src.mkdir()
+    for i in range(n - 1):
+        photo(300, 300, i).save(src / f"img{i:02d}.png")
+    last = FifoImage(src / f"img{n - 1:02d}.png")
+    listed = folder / "images.txt"
+    listed.write_text("".join(f"many/img{i:02d}.png\n" for i in range(n)))
+    return listed, last
+
+
+def wait_for_outputs(out: Path, proc, count: int = 1, pattern: str = "*__heatmap.png", timeout: float = 300) -> None:
+    """Wait for ``count`` outputs the run is bound to write (not a race: nothing
+    is sent to the run until they exist).
+
+    Raises:
+        AssertionError: The process ended first, or the timeout passed.
+    """
+    deadline = time.monotonic() + timeout
+    while not (out.exists() and len(list(out.glob(pattern))) >= count):
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"fewer than {count} outputs in {timeout} s"
+        time.sleep(0.05)

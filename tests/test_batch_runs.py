@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -166,15 +165,9 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, slim_weights_dir):
     """Ctrl-C lands while the run waits for its last image (a named pipe the test
     holds), so the test, not the machine's speed, decides where: exit 130, the 39
     finished images whole, and the rerun does the last one."""
-    from gate import FifoImage
+    from gate import gated_image_list, wait_for_outputs
 
-    src = tmp_path / "many"
-    src.mkdir()
-    for i in range(39):
-        _photo(300, 300, i).save(src / f"img{i:02d}.png")
-    last = FifoImage(src / "img39.png")
-    listed = tmp_path / "images.txt"  # a folder lists regular files only; a list names any file
-    listed.write_text("".join(f"many/img{i:02d}.png\n" for i in range(40)))
+    listed, last = gated_image_list(tmp_path, _photo)
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -191,10 +184,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, slim_weights_dir):
         last.wait_until_read(proc)
         # The 39 images before it finish while the reader waits on the pipe
         # (one of the two reader threads is free): a wait for what must happen.
-        deadline = time.monotonic() + 300
-        while len(list(out.glob("*__heatmap.png"))) < 39:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.05)
+        wait_for_outputs(out, proc, count=39)
         proc.send_signal(signal.SIGINT)
     finally:
         last.release()  # an empty read: the run is already interrupted

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gate import wait_for_outputs
 from PIL import Image
 from test_cli import _photo, run_cli
 
@@ -159,16 +160,6 @@ def _many(tmp_path: Path, n: int = 40) -> Path:
     return src
 
 
-def _wait_for_outputs(out: Path, proc, deadline_s: float = 300, count: int = 1) -> None:
-    """Wait for ``count`` outputs the run is bound to write (not a race: nothing
-    is sent to the run until they exist)."""
-    deadline = time.monotonic() + deadline_s
-    while not (out.exists() and len(list(out.glob("*__heatmap.png"))) >= count):
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline, f"fewer than {count} outputs in {deadline_s} s"
-        time.sleep(0.05)
-
-
 def _all_whole(out: Path) -> list[Path]:
     assert not [p for p in os.listdir(out) if p.endswith(".partial")]
     finished = sorted(out.glob("*__heatmap.png"))
@@ -183,12 +174,10 @@ def test_ctrl_c_with_worker_processes(tmp_path, slim_weights_dir, whole_group):
     group (a terminal): either way exit 130, whole files, and the run resumes.
     It lands while a worker waits on the last image, a named pipe the test holds,
     so the test decides where (tests/gate.py)."""
-    from gate import FifoImage
+    from gate import gated_image_list
 
-    src, out = _many(tmp_path, 39), tmp_path / "out"
-    last = FifoImage(src / "img39.png")
-    listed = tmp_path / "images.txt"  # a folder lists regular files only; a list names any file
-    listed.write_text("".join(f"many/img{i:02d}.png\n" for i in range(40)))
+    listed, last = gated_image_list(tmp_path, _photo)
+    out = tmp_path / "out"
     cmd = [
         sys.executable,
         "-m",
@@ -204,7 +193,7 @@ def test_ctrl_c_with_worker_processes(tmp_path, slim_weights_dir, whole_group):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         last.wait_until_read(proc)
-        _wait_for_outputs(out, proc, count=39)  # the other worker finishes the rest
+        wait_for_outputs(out, proc, count=39)  # the other worker finishes the rest
         workers = _children(proc.pid)
         if whole_group:
             os.killpg(proc.pid, signal.SIGINT)
@@ -270,7 +259,7 @@ def test_a_killed_worker_is_replaced_and_every_image_is_written(tmp_path, slim_w
         "DEVICE=cpu",
     ]  # the CPU's pace: a GPU could finish all 40 images before the signal lands
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_outputs(out, proc)
+    wait_for_outputs(out, proc)
     workers = [
         c
         for c in _children(proc.pid)
