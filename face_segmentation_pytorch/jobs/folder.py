@@ -505,3 +505,63 @@ def write_failure_log(cfg: dict, out_dir: Path | None, root: Path, failures) -> 
         print(f"warning: cannot write the failure log {path}: {e.strerror or e}", file=sys.stderr)
         return None
     return path
+
+
+def write_gallery(cfg: dict, rows: list, failures: list) -> None:
+    """The GALLERY picture (image, overlay, mask or heatmap per row), written
+    atomically; a failure to draw or write it joins ``failures``."""
+    from ..files.atomic import save_atomic
+    from ..segmentation.render import gallery
+
+    try:
+        pic = gallery(rows, headers=("image", "overlay", "mask" if cfg["MASK_THRESHOLD"] else "heatmap"))
+        buf = io.BytesIO()
+        fmt = "JPEG" if cfg["GALLERY"].lower().endswith((".jpg", ".jpeg")) else "PNG"
+        pic.save(buf, format=fmt, quality=90)
+        save_atomic(Path(cfg["GALLERY"]), lambda f: f.write(buf.getvalue()))
+    except (OSError, ValueError) as e:
+        failures.append((Path(cfg["GALLERY"]), "gallery", first_line(e)))
+
+
+def report_run(
+    cfg: dict,
+    out_dir: Path | None,
+    root: Path,
+    *,
+    done: int,
+    skipped: int,
+    failures: list,
+    no_face: list,
+    cropping: bool,
+    elapsed: float,
+    interrupted: bool,
+    resumable: bool,
+) -> int:
+    """The end of every engine's run: the lines for images without a face and
+    for failures, the failure CSV, the summary line; returns the exit status.
+
+    Args:
+        resumable: Whether the summary says to run the command again (an
+            interrupted run; a Ray job that stopped).
+    """
+    for path in no_face:
+        print(f"no face: {path} (empty outputs written)", file=sys.stderr)
+    for path, stage, reason in failures:
+        msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
+        print(f"failed ({stage}): {msg}", file=sys.stderr)
+    log = write_failure_log(cfg, out_dir, root, failures)
+    summary = (
+        "face_segmentation_pytorch: "
+        + ("interrupted; " if interrupted else "")
+        + f"{plural(done, 'image')} done, {len(failures)} failed, "
+        f"{skipped} skipped (outputs exist)"
+        + (f", {len(no_face)} without a face" if cropping else "")
+        # A rate only where something was processed; "0.00 images/s" says nothing.
+        + (f", {done / elapsed:.2f} images/s" if done and elapsed > 0 else "")
+        + (f"; failures listed in {log}" if log is not None else "")
+        + ("; run the same command again to resume" if resumable else "")
+    )
+    print(summary, file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if failures else 0

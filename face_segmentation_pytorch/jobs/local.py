@@ -8,7 +8,6 @@ process; the plan and the writer are the folder job's (:mod:`.folder`).
 from __future__ import annotations
 
 import glob
-import io
 import sys
 import time
 from collections import deque
@@ -24,9 +23,10 @@ from .folder import (
     plan_run,
     plural,
     record_settings,
+    report_run,
     resolve_device,
     start_line,
-    write_failure_log,
+    write_gallery,
 )
 from .settings import AUTO
 
@@ -34,7 +34,6 @@ __all__ = ["run_local"]
 
 
 def run_local(cfg: dict, created: list[Path]) -> int:
-    from ..files.atomic import save_atomic
     from ..files.progress import progress_bar
     from .workers import (
         BrokenProcessPool,
@@ -275,35 +274,17 @@ def run_local(cfg: dict, created: list[Path]) -> int:
     elapsed = time.perf_counter() - start
 
     if gallery_rows:
-        from ..segmentation.render import gallery
-
-        try:
-            pic = gallery(gallery_rows, headers=("image", "overlay", "mask" if cfg["MASK_THRESHOLD"] else "heatmap"))
-            buf = io.BytesIO()
-            fmt = "JPEG" if cfg["GALLERY"].lower().endswith((".jpg", ".jpeg")) else "PNG"
-            pic.save(buf, format=fmt, quality=90)
-            save_atomic(Path(cfg["GALLERY"]), lambda f: f.write(buf.getvalue()))
-        except (OSError, ValueError) as e:
-            failures.append((Path(cfg["GALLERY"]), "gallery", first_line(e)))
-
-    for path in no_face:
-        print(f"no face: {path} (empty outputs written)", file=sys.stderr)
-    for path, stage, reason in failures:
-        msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
-        print(f"failed ({stage}): {msg}", file=sys.stderr)
-    log = write_failure_log(cfg, out_dir, root, failures)
-    summary = (
-        "face_segmentation_pytorch: "
-        + ("interrupted; " if interrupted else "")
-        + f"{plural(done, 'image')} done, {len(failures)} failed, "
-        f"{skipped} skipped (outputs exist)"
-        + (f", {len(no_face)} without a face" if cropping else "")
-        # A rate only where something was processed; "0.00 images/s" says nothing.
-        + (f", {done / elapsed:.2f} images/s" if done and elapsed > 0 else "")
-        + (f"; failures listed in {log}" if log is not None else "")
-        + ("; run the same command again to resume" if interrupted else "")
+        write_gallery(cfg, gallery_rows, failures)
+    return report_run(
+        cfg,
+        out_dir,
+        root,
+        done=done,
+        skipped=skipped,
+        failures=failures,
+        no_face=no_face,
+        cropping=cropping,
+        elapsed=elapsed,
+        interrupted=interrupted,
+        resumable=interrupted,
     )
-    print(summary, file=sys.stderr)
-    if interrupted:
-        return 130
-    return 1 if failures else 0

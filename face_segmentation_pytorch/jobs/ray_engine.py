@@ -806,42 +806,18 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
                 failures.append((images[i], "engine", f"not run: the Ray job stopped ({engine_error})"))
 
     if gallery_rows:
-        _write_gallery(cfg, [gallery_rows[i] for i in sorted(gallery_rows)[:_GALLERY_ROWS]], failures)
+        folder_job.write_gallery(cfg, [gallery_rows[i] for i in sorted(gallery_rows)[:_GALLERY_ROWS]], failures)
 
-    for path in no_face:
-        print(f"no face: {path} (empty outputs written)", file=sys.stderr)
-    for path, stage, reason in failures:
-        msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
-        print(f"failed ({stage}): {msg}", file=sys.stderr)
-    log = folder_job.write_failure_log(cfg, out_dir, root, failures)
-    summary = (
-        "face_segmentation_pytorch: "
-        + ("interrupted; " if interrupted else "")
-        + f"{folder_job.plural(done, 'image')} done, {len(failures)} failed, "
-        f"{skipped} skipped (outputs exist)"
-        + (f", {len(no_face)} without a face" if cropping else "")
-        + (f", {done / elapsed:.2f} images/s" if done and elapsed > 0 else "")
-        + (f"; failures listed in {log}" if log is not None else "")
-        + ("; run the same command again to resume" if interrupted or engine_error else "")
+    return folder_job.report_run(
+        cfg,
+        out_dir,
+        root,
+        done=done,
+        skipped=skipped,
+        failures=failures,
+        no_face=no_face,
+        cropping=cropping,
+        elapsed=elapsed,
+        interrupted=interrupted,
+        resumable=interrupted or engine_error is not None,
     )
-    print(summary, file=sys.stderr)
-    if interrupted:
-        return 130
-    return 1 if failures else 0
-
-
-def _write_gallery(cfg: dict, rows: list, failures: list) -> None:
-    """The GALLERY picture, as ``jobs.local.run_local`` makes it, from the actors' rows."""
-    import io
-
-    from ..files.atomic import save_atomic
-    from ..segmentation.render import gallery
-
-    try:
-        pic = gallery(rows, headers=("image", "overlay", "mask" if cfg["MASK_THRESHOLD"] else "heatmap"))
-        buf = io.BytesIO()
-        fmt = "JPEG" if cfg["GALLERY"].lower().endswith((".jpg", ".jpeg")) else "PNG"
-        pic.save(buf, format=fmt, quality=90)
-        save_atomic(Path(cfg["GALLERY"]), lambda f: f.write(buf.getvalue()))
-    except (OSError, ValueError) as e:
-        failures.append((Path(cfg["GALLERY"]), "gallery", folder_job.first_line(e)))
