@@ -44,6 +44,9 @@ setup(
         # The export uses the torch.export-based exporter (dynamo=True,
         # dynamic_shapes), documented from torch 2.6 on.
         "onnx": ["torch>=2.6", "onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.16"],
+        # BACKEND=openvino runs the same ONNX export (hence onnx and onnxscript)
+        # in OpenVINO's CPU plugin; the API it uses is 2023.1's, tested on 2026.4.
+        "openvino": ["torch>=2.6", "onnx>=1.15", "onnxscript>=0.1", "openvino>=2023.1"],
         "plot": ["matplotlib>=3.5"],
         # ENGINE=ray (pipeline/ray_engine.py): Ray Data's map_batches with an actor pool;
         # 2.9 has ActorPoolStrategy(size=...) and the numpy batch format used there.
@@ -65,6 +68,7 @@ setup(
             "onnx>=1.15",
             "onnxscript>=0.1",
             "onnxruntime>=1.16",
+            "openvino>=2023.1",
             "ray[data]>=2.9",
             "av>=18",
             "selenium>=4.10",

@@ -8,7 +8,9 @@ same input for every row):
    ``PRECISION=bf16``), the package's network under ``torch.compile`` with
    inductor's weight freezing (``--compile``), ONNX Runtime and OpenVINO on a
    plain ONNX export of the same model (fp32; OpenVINO also with its bf16
-   inference precision), OpenCV's DNN module on the caffemodel (FCN-8s, batch 1).
+   inference precision), the package with ``BACKEND=openvino`` (the same OpenVINO
+   behind ``FaceSegmenter``, its precision stated), OpenCV's DNN module on the
+   caffemodel (FCN-8s, batch 1).
    Timed in blocks of about ``--block`` seconds, the variants' blocks alternating
    round by round with a ``--pause`` between blocks (a runtime's threads left
    spinning would slow the next). Per row: ms per image (median block, fastest
@@ -209,6 +211,20 @@ def package(model, precision: str, threads: int):
     return seg._forward
 
 
+def package_openvino(model, precision: str, threads: int):
+    """The package with ``BACKEND=openvino``: ``FaceSegmenter(backend="openvino")``, its precision stated."""
+    import face_segmentation_pytorch as fsp
+    from face_segmentation_pytorch.errors import FaceSegmentationError
+
+    try:
+        seg = fsp.FaceSegmenter(
+            model, device="cpu", threshold=None, precision=precision, backend="openvino", progress=False
+        )
+    except (ValueError, FaceSegmentationError) as e:
+        raise Skip(str(e).split(";")[0]) from None
+    return seg._forward
+
+
 def compiled(model, precision: str, threads: int):
     """The package's prepared network under ``torch.compile`` with inductor's weight freezing."""
     import torch
@@ -318,6 +334,8 @@ def variants(family: str, batch: int, args) -> list[tuple[str, str, object]]:
         ("ONNX Runtime", "bf16", "onnxruntime"),
         ("OpenVINO", "fp32", "openvino"),
         ("OpenVINO", "bf16", "openvino"),
+        ("package, BACKEND=openvino", "fp32", package_openvino),
+        ("package, BACKEND=openvino", "bf16", package_openvino),
     ]
     if family == "fcn8s" and batch in args.opencv_batches:
         rows.append(("OpenCV DNN (caffemodel)", "fp32", "opencv"))

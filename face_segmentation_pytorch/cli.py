@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import ConfigError, run_command
 from .jobs.folder import (
     Plan,
+    check_backend_keys,
     check_precision_keys,
     check_rerun_settings,
     check_settings,
@@ -137,7 +138,7 @@ def parse_args(argv: list[str]) -> dict:
     fc = cfg["FACE_CHANNEL"]
     need(fc is None or (is_int(fc) and fc >= 1), "FACE_CHANNEL", "expected null or a channel index >= 1")
     need(cfg["CROP"] in (None, "faces"), "CROP", "expected null or faces")
-    need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
+    check_backend_keys(cfg, need)
     ms = cfg["MIN_FACE_SCORE"]
     need(
         isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms <= 1,

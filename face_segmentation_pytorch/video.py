@@ -26,7 +26,7 @@ from .errors import EXIT_STATUSES, ConfigError, run_command
 
 # The batch job's shared pieces (keys, segmenter, device) come from the layer below
 # the commands: commands do not import each other (tests/test_import_graph.py).
-from .jobs.folder import check_precision_keys, make_segmenter
+from .jobs.folder import check_backend_keys, check_precision_keys, make_segmenter
 from .jobs.folder import first_line as _first_line
 from .jobs.folder import plural as _plural
 from .jobs.folder import resolve_device as _resolve_device
@@ -34,6 +34,7 @@ from .jobs.settings import KEYS as _BATCH_KEYS
 from .keys import Key, is_number, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
+from .segmentation.backends import BACKEND_NAMES, backend_device
 
 __all__ = ["main", "parse_args", "run", "KEYS"]
 
@@ -76,7 +77,7 @@ KEYS: dict[str, Key] = {
     ),
     "WEIGHTS_FILE": Key(None, "run the weights in this file with WEIGHTS' architecture and preprocessing"),
     "DEVICE": Key(None, "cpu, cuda or cuda:N; null: cuda when available, else cpu"),
-    "BACKEND": Key("torch", "torch, or onnxruntime (CPU; the onnx extra)"),
+    "BACKEND": _BATCH_KEYS["BACKEND"],
     # The batch command's keys, unchanged: e.g. PRECISION=fp16 COMPILE=true on a GPU.
     "PRECISION": _BATCH_KEYS["PRECISION"],
     "COMPILE": _BATCH_KEYS["COMPILE"],
@@ -203,7 +204,7 @@ def parse_args(argv: list[str]) -> dict:
     )
     s = cfg["INPUT_SIZE"]
     need(s is None or s == _AUTO or (_is_int(s) and s >= 1), "INPUT_SIZE", "expected auto, null or a positive integer")
-    need(cfg["BACKEND"] in ("torch", "onnxruntime"), "BACKEND", "expected torch or onnxruntime")
+    check_backend_keys(cfg, need)
     need(cfg["STYLE"] in ("overlay", "fade", "cutout"), "STYLE", "expected overlay, fade or cutout")
     check_precision_keys(cfg, need)
     sm = cfg["SMOOTH"]
@@ -394,7 +395,7 @@ def run(cfg: dict) -> int:
     from .pipeline.weights import get_weights
 
     get_weights(cfg["WEIGHTS"])  # an unknown name is a mistake in the command: say so first
-    device = _resolve_device(cfg["DEVICE"] if cfg["BACKEND"] != "onnxruntime" else cfg["DEVICE"] or "cpu")
+    device = _resolve_device(backend_device(cfg["BACKEND"], cfg["DEVICE"]))
     if cfg["SHOW"]:
         _open_window()
     out = Path(cfg["OUT"]).expanduser() if cfg["OUT"] else None
@@ -466,7 +467,7 @@ def _run(cfg, device, source, out, encoding, created) -> int:
     skip = masks.keep if masks is not None and sink is None and not cfg["SHOW"] and not cfg["SMOOTH"] else None
     print(
         f"{PROG}: {source.spec} ({source.describe()}); weights {segmenter.weights_source}, device {device}"
-        + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
+        + (f" ({BACKEND_NAMES[cfg['BACKEND']]})" if cfg["BACKEND"] != "torch" else "")
         + f", input size {segmenter.input_size or 'native'}"
         + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
         + (f", smoothing {cfg['SMOOTH']}" if cfg["SMOOTH"] else ""),

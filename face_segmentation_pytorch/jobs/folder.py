@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..segmentation.backends import BACKEND_NAMES, BACKENDS, backend_precisions
+from ..segmentation.precision import PRECISIONS
 from .settings import AUTO, FAILURE_LOG_NAME, OUTPUT_KEYS, RUN_SETTINGS_NAME, SEGMENTER_KEYS
 
 __all__ = [
@@ -50,8 +52,19 @@ __all__ = [
 def check_precision_keys(cfg: dict, need) -> None:
     """PRECISION and COMPILE, as every command that runs the network takes them
     (``need(cond, key, what)`` raises the command's one-line error)."""
-    need(cfg["PRECISION"] in ("fp32", "tf32", "fp16", "bf16"), "PRECISION", "expected fp32, tf32, fp16 or bf16")
+    need(cfg["PRECISION"] in PRECISIONS, "PRECISION", f"expected {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
     need(isinstance(cfg["COMPILE"], bool), "COMPILE", "expected true or false")
+
+
+def check_backend_keys(cfg: dict, need) -> None:
+    """BACKEND, and PRECISION with it (``need(cond, key, what)`` raises the command's one-line error)."""
+    need(cfg["BACKEND"] in BACKENDS, "BACKEND", f"expected {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
+    ok = backend_precisions(cfg["BACKEND"])
+    need(
+        cfg["PRECISION"] not in PRECISIONS or cfg["PRECISION"] in ok,
+        "PRECISION",
+        f"BACKEND={cfg['BACKEND']} runs {' or '.join(ok)}; use BACKEND=torch for {cfg['PRECISION']}",
+    )
 
 
 def resolve_device(name: str | None):
@@ -462,7 +475,7 @@ def start_line(cfg: dict, plan: Plan, weights_source, device, input_size) -> str
         f"face_segmentation_pytorch: {plural(len(plan.images), 'image')} from {cfg['IMGS_DIR']}"
         + (f", {plan.skipped} already done (OVERWRITE=true redoes them)" if plan.skipped else "")
         + f"; weights {weights_source}, device {device}"
-        + (" (ONNX Runtime)" if cfg["BACKEND"] == "onnxruntime" else "")
+        + (f" ({BACKEND_NAMES[cfg['BACKEND']]})" if cfg["BACKEND"] != "torch" else "")
         + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
         + f", input size {input_size or 'native'}"
     )

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..segmentation.backends import backend_device
 from .folder import (
     check_settings,
     first_line,
@@ -45,8 +46,8 @@ def run_local(cfg: dict, created: list[Path]) -> int:
     )
 
     out_dir = check_settings(cfg)
-    # ONNX Runtime runs on the CPU: without DEVICE it does not pick CUDA.
-    device = resolve_device(cfg["DEVICE"] if cfg["BACKEND"] != "onnxruntime" else cfg["DEVICE"] or "cpu")
+    # ONNX Runtime and OpenVINO run on the CPU: without DEVICE they do not pick CUDA.
+    device = resolve_device(backend_device(cfg["BACKEND"], cfg["DEVICE"]))
     plan = plan_run(cfg, out_dir, created)
     if nothing_to_do(cfg, plan):
         return 0

@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, ImageReadError
+from ..segmentation.backends import CPU_ONLY_BACKENDS, backend_device
 from . import folder as folder_job
 from .folder import make_segmenter, start_line  # one segmenter, as ENGINE=local builds it
 from .settings import KEYS, SEGMENTER_KEYS
@@ -276,7 +277,7 @@ class SegmentImages:
         # Ray gives an actor that asked for GPUs those GPUs alone (CUDA_VISIBLE_DEVICES),
         # so DEVICE=null picks CUDA there; segment_dataset names the CPU for actors
         # that asked for none (Ray leaves them every GPU of the node).
-        device = self.cfg["DEVICE"] if self.cfg["BACKEND"] != "onnxruntime" else self.cfg["DEVICE"] or "cpu"
+        device = backend_device(self.cfg["BACKEND"], self.cfg["DEVICE"])
         self.segmenter = make_segmenter(self.cfg, device, progress=False)
         self.kinds = folder_job.output_kinds(self.cfg)
         # Decoding and writing overlap within a batch, as WORKERS threads do locally.
@@ -507,9 +508,11 @@ def _check_device(cfg: Mapping[str, object], gpus_per_actor: float) -> str:
     import torch
 
     name = cfg["DEVICE"]
-    if cfg["BACKEND"] == "onnxruntime":
+    if cfg["BACKEND"] in CPU_ONLY_BACKENDS:
         if gpus_per_actor:
-            raise ConfigError("RAY_GPUS_PER_ACTOR: BACKEND=onnxruntime runs on the CPU here; use RAY_GPUS_PER_ACTOR=0")
+            raise ConfigError(
+                f"RAY_GPUS_PER_ACTOR: BACKEND={cfg['BACKEND']} runs on the CPU here; use RAY_GPUS_PER_ACTOR=0"
+            )
         name = name or "cpu"
     if name is None:
         return "cuda" if gpus_per_actor else "cpu"
@@ -683,7 +686,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
     # Built once on the driver, on the CPU, before Ray starts: a wrong
     # setting or missing weights end here with the local engine's message and
     # exit status, the weights are downloaded once (into MODEL_PARAMS_DIR, for
-    # the actors to find) and BACKEND=onnxruntime exports its graph once.
+    # the actors to find) and BACKEND=onnxruntime or openvino exports its graph once.
     # CUDA-only precisions are the actors' to check (the driver may have no GPU);
     # compiling is theirs to do.
     probe_precision = cfg["PRECISION"] if device == "cpu" else "fp32"

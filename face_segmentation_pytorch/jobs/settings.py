@@ -88,8 +88,9 @@ KEYS: dict[str, Key] = {
     "MIN_FACE_SCORE": Key(0.95, "detector confidence below which faces are ignored (CROP=faces)"),
     "BACKEND": Key(
         "torch",
-        "torch, or onnxruntime (CPU; pip install 'face_segmentation_pytorch[onnx]'): exports the "
-        "network once to <weights file>.onnx beside the weights and runs it in ONNX Runtime",
+        "torch; onnxruntime (CPU, fp32; pip install 'face_segmentation_pytorch[onnx]') or openvino (CPU, "
+        "fp32 or bf16; pip install 'face_segmentation_pytorch[openvino]'): exports the network once "
+        "to <weights file>.onnx beside the weights and runs it in that runtime",
     ),
     "INPUT_SIZE": Key(
         AUTO,

@@ -30,6 +30,15 @@ from ..weights.registry import (
     load_state_dict_file,
     weights_for,
 )
+from .backends import (
+    BACKEND_NAMES,
+    BACKENDS,
+    CPU_ONLY_BACKENDS,
+    backend_precisions,
+    onnx_file,
+    onnxruntime_forward,
+    openvino_forward,
+)
 from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from .inference import PendingMaps, start_inputs
 from .postprocess import apply_steps, check_px, parse_steps
@@ -362,9 +371,10 @@ class FaceSegmenter:
         min_face_score: Detector confidence cut-off for ``crop="faces"``.
         channels_last: Run in channels-last memory layout; ``None``: yes,
             where it is measured fastest (CPU and CUDA).
-        backend: ``"torch"``, or ``"onnxruntime"`` (CPU; the ``[onnx]``
+        backend: ``"torch"``; ``"onnxruntime"`` (CPU, fp32; the ``[onnx]``
+            extra) or ``"openvino"`` (CPU, fp32 or bf16; the ``[openvino]``
             extra): the network is exported once to ``<weights file>.onnx``
-            beside the weights and run by ONNX Runtime.
+            beside the weights and run by that runtime (:mod:`.backends`).
         url, sha256: Override the weights' download source and hash.
         dilate: Grow (or, negative, shrink) each mask by this many pixels after
             the post-processing steps, in the full image's pixels (with
@@ -417,16 +427,19 @@ class FaceSegmenter:
         #: It holds no weights, so a pipeline may run it in worker threads or
         #: processes; ``threshold``, ``steps``, ``dilate`` and ``feather`` are its.
         self.assembler = Assembler(threshold, steps, dilate, feather)
-        # ONNX Runtime runs on the CPU here: unless a device is named, it picks the CPU
-        # itself instead of the CUDA device the torch backend would default to.
-        self.device = resolve_device("cpu" if backend == "onnxruntime" and device is None else device)
-        if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-        if backend == "onnxruntime" and self.device.type != "cpu":
-            raise ValueError("backend 'onnxruntime' runs on the CPU here: use device='cpu'")
+        # ONNX Runtime and OpenVINO run on the CPU here: unless a device is named,
+        # they pick the CPU themselves instead of the CUDA device torch would default to.
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.device = resolve_device("cpu" if backend in CPU_ONLY_BACKENDS and device is None else device)
+        if backend in CPU_ONLY_BACKENDS and self.device.type != "cpu":
+            raise ValueError(f"backend {backend!r} runs on the CPU here: use device='cpu'")
+        if precision not in backend_precisions(backend):
+            raise ValueError(
+                f"precision {precision} with backend {backend}: {BACKEND_NAMES[backend]} runs "
+                f"{' or '.join(backend_precisions(backend))} here; use BACKEND=torch for {precision}"
+            )
         check_precision(precision, self.device)
-        if backend == "onnxruntime" and precision != "fp32":
-            raise ValueError(f"precision {precision} applies to the torch backend; ONNX Runtime runs fp32")
         self.precision = precision
         if crop not in (None, "faces") and not isinstance(crop, FaceDetector):
             raise ValueError(f"crop must be None, 'faces' or a FaceDetector, got {crop!r}")
@@ -473,9 +486,15 @@ class FaceSegmenter:
             self.preparer._local.detector = first_detector
         self.backend = backend
         self.progress = progress
-        if backend == "onnxruntime":
-            self._forward = self._onnxruntime_forward(net.eval())
-            self.model = net.eval()  # kept for its attributes; ONNX Runtime runs the graph
+        if backend in CPU_ONLY_BACKENDS:
+            net = net.eval()
+            #: The ONNX graph the backend runs (``<weights file>.onnx``).
+            self.onnx_path = onnx_file(net, self.weights_source, progress=progress)
+            if backend == "onnxruntime":
+                self._forward = onnxruntime_forward(self.onnx_path, self.family, face_channel)
+            else:
+                self._forward = openvino_forward(self.onnx_path, self.family, face_channel, precision)
+            self.model = net  # kept for its attributes; the runtime runs the graph
             return
         self.dtype = precision_dtype(precision)
         self.model = self.family.prepare_for_device(net.to(self.device, self.dtype).eval(), self.device)
@@ -565,49 +584,6 @@ class FaceSegmenter:
         pics = [load_image(x) if p is not None else x for x, p in zip(items, paths)]
         results = self.segment_loaded(pics, paths, boxes=boxes)
         return results[0] if single else results
-
-    def _onnxruntime_forward(self, net: nn.Module):
-        """Export ``net`` beside its weights (once) and return a batch -> pmap function."""
-        from ..errors import FaceSegmentationError
-        from ..formats.onnx import export_onnx
-
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise FaceSegmentationError(
-                "backend onnxruntime needs the onnx extra: pip install 'face_segmentation_pytorch[onnx]'"
-            ) from None
-        if self.weights_source is not None:
-            onnx_path = Path(str(self.weights_source) + ".onnx")
-            stale = not onnx_path.exists() or onnx_path.stat().st_mtime < Path(self.weights_source).stat().st_mtime
-        else:  # a model object: export to a private temporary file
-            import tempfile
-
-            onnx_path, stale = Path(tempfile.mkdtemp(prefix="fsp_onnx_")) / "model.onnx", True
-        if stale:
-            if self.progress:
-                print(
-                    f"face_segmentation_pytorch: exporting the network to ONNX once, to {onnx_path} "
-                    "(about 20 s for the full network; later runs reuse the file)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            start = time.perf_counter()
-            export_onnx(net, onnx_path)
-            if self.progress:
-                print(
-                    f"face_segmentation_pytorch: exported in {time.perf_counter() - start:.1f} s",
-                    file=sys.stderr,
-                )
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        self.onnx_path = onnx_path
-        face_channel, family = self.face_channel, self.family
-
-        def forward(batch: torch.Tensor) -> torch.Tensor:
-            out = session.run([family.onnx_output], {"data": batch.contiguous().numpy()})[0]
-            return family.logits_to_pmap(torch.from_numpy(out), face_channel)
-
-        return forward
 
     @property
     def detector(self) -> FaceDetector | None:
