@@ -34,7 +34,7 @@ from .jobs.settings import KEYS as _BATCH_KEYS
 from .keys import Key, is_number, parse_dotlist
 from .keys import help_text as keys_help_text
 from .keys import is_int as _is_int
-from .segmentation.backends import BACKEND_NAMES, backend_device
+from .segmentation.backends import backend_device
 
 __all__ = ["main", "parse_args", "run", "KEYS"]
 
@@ -467,7 +467,7 @@ def _run(cfg, device, source, out, encoding, created) -> int:
     skip = masks.keep if masks is not None and sink is None and not cfg["SHOW"] and not cfg["SMOOTH"] else None
     print(
         f"{PROG}: {source.spec} ({source.describe()}); weights {segmenter.weights_source}, device {device}"
-        + (f" ({BACKEND_NAMES[cfg['BACKEND']]})" if cfg["BACKEND"] != "torch" else "")
+        + (f" ({segmenter.runtime})" if cfg["BACKEND"] != "torch" else "")
         + f", input size {segmenter.input_size or 'native'}"
         + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
         + (f", smoothing {cfg['SMOOTH']}" if cfg["SMOOTH"] else ""),

@@ -469,13 +469,15 @@ def nothing_to_do(cfg: dict, plan: Plan) -> bool:
     return True
 
 
-def start_line(cfg: dict, plan: Plan, weights_source, device, input_size) -> str:
-    """The first line a run prints: inputs, weights, device, precision, input size."""
+def start_line(cfg: dict, plan: Plan, weights_source, device, input_size, runtime: str | None = None) -> str:
+    """The first line a run prints: inputs, weights, device, precision, input size;
+    for a backend other than torch, ``runtime`` (``FaceSegmenter.runtime``: which
+    runtime, and the precision it reports)."""
     return (
         f"face_segmentation_pytorch: {plural(len(plan.images), 'image')} from {cfg['IMGS_DIR']}"
         + (f", {plan.skipped} already done (OVERWRITE=true redoes them)" if plan.skipped else "")
         + f"; weights {weights_source}, device {device}"
-        + (f" ({BACKEND_NAMES[cfg['BACKEND']]})" if cfg["BACKEND"] != "torch" else "")
+        + (f" ({runtime or BACKEND_NAMES[cfg['BACKEND']]})" if cfg["BACKEND"] != "torch" else "")
         + (f", precision {cfg['PRECISION']}" if cfg["PRECISION"] != "fp32" else "")
         + f", input size {input_size or 'native'}"
     )

@@ -64,7 +64,7 @@ def run_local(cfg: dict, created: list[Path]) -> int:
         workers.shutdown()
         raise
     print(
-        start_line(cfg, plan, segmenter.weights_source, device, segmenter.input_size)
+        start_line(cfg, plan, segmenter.weights_source, device, segmenter.input_size, segmenter.runtime)
         + f"; images read and written by {n_workers} worker process{'es' * (n_workers > 1)}"
         * (pipeline == "processes"),
         file=sys.stderr,

@@ -691,7 +691,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
     # compiling is theirs to do.
     probe_precision = cfg["PRECISION"] if device == "cpu" else "fp32"
     probe = make_segmenter(cfg, "cpu", progress=cfg["PROGRESS"], precision=probe_precision, compile=False)
-    weights_source, input_size = probe.weights_source, probe.input_size
+    weights_source, input_size, runtime = probe.weights_source, probe.input_size, probe.runtime
     del probe
     folder_job.record_settings(plan)
     # Actors get absolute paths: their working folder need not be ours.
@@ -699,7 +699,7 @@ def run_ray(cfg: dict, created: list[Path]) -> int:
     for key in ("MODEL_PARAMS_DIR", "WEIGHTS_FILE"):
         if settings.get(key):
             settings[key] = os.path.abspath(os.path.expanduser(settings[key]))
-    print(start_line(cfg, plan, weights_source, device, input_size), file=sys.stderr, flush=True)
+    print(start_line(cfg, plan, weights_source, device, input_size, runtime), file=sys.stderr, flush=True)
 
     cropping = cfg["CROP"] is not None or user_boxes is not None
     failures: list[tuple[Path, str, str]] = [(p, "read", r) for p, r in missing]

@@ -116,6 +116,7 @@ def onnxruntime_forward(
         out = session.run([family.onnx_output], {"data": batch.contiguous().numpy()})[0]
         return family.logits_to_pmap(torch.from_numpy(out), face_channel)
 
+    forward.runtime = f"ONNX Runtime {ort.__version__}, fp32"
     return forward
 
 
@@ -171,4 +172,6 @@ def openvino_forward(
             out = request.infer({0: batch.contiguous().numpy()})[output]
         return family.logits_to_pmap(torch.from_numpy(out), face_channel)
 
+    # What ran, as the compiled model reports it: the commands print this.
+    forward.runtime = f"OpenVINO {ov.__version__.split('-')[0]}, inference precision {got.get_type_name()}"
     return forward

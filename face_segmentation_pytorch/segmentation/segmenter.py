@@ -495,6 +495,8 @@ class FaceSegmenter:
             else:
                 self._forward = openvino_forward(self.onnx_path, self.family, face_channel, precision)
             self.model = net  # kept for its attributes; the runtime runs the graph
+            #: The runtime and precision that run the network, in words (the commands print it).
+            self.runtime = self._forward.runtime
             return
         self.dtype = precision_dtype(precision)
         self.model = self.family.prepare_for_device(net.to(self.device, self.dtype).eval(), self.device)
@@ -504,6 +506,7 @@ class FaceSegmenter:
             # every precision (README "GPU"); the oracle tests check it.
             self.model = self.family.to_channels_last(self.model)
         self._forward = self._torch_forward
+        self.runtime = f"PyTorch {torch.__version__.split('+')[0]}, {precision}"
         self._compiled = None
         if compile:
             self._compile()
