@@ -24,7 +24,8 @@ same input for every row):
    OpenMP's own default (torch imported before the package), on the idle
    machine and with one core kept busy by a spinning process pinned to it.
 3. **Video**: ``python -m face_segmentation_pytorch.video`` on a generated
-   640x480 clip (LinkNet34; fp32, and bf16 where the CPU has it), idle and with
+   640x480 clip (LinkNet34; the torch and openvino backends in fp32, and in bf16
+   where the CPU has it), idle and with
    one core busy, against a forward-only loop in the same state.
 4. ``--layers``: oneDNN's direct 3x3 convolution against Winograd F(2x2, 3x3)
    (``kernels.winograd_f2_conv3x3``) at LinkNet34's encoder shapes, and the
@@ -456,7 +457,9 @@ if os.environ.get("FSP_BENCH_TORCH_FIRST"):
 sys.path.insert(0, {bench!r})
 import face_segmentation_pytorch as fsp, torch
 from video import random_linknet
-seg = fsp.FaceSegmenter(random_linknet(), device="cpu", threshold=None, precision={precision!r}, progress=False)
+seg = fsp.FaceSegmenter(
+    random_linknet(), device="cpu", threshold=None, precision={precision!r}, backend={backend!r}, progress=False
+)
 x = torch.randn(1, 3, 256, 256)
 with torch.inference_mode():
     for _ in range(3):
@@ -469,14 +472,16 @@ print(json.dumps({{"ms": 1000 * (time.perf_counter() - t) / n, "policy": os.envi
 """
 
 
-def child_forward_ms(policy: str, precision: str = "fp32", seconds: float = 6.0) -> float:
+def child_forward_ms(policy: str, precision: str = "fp32", seconds: float = 6.0, backend: str = "torch") -> float:
     """ms per LinkNet34 frame in a fresh process with OpenMP wait ``policy`` ("default": OpenMP's own)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if policy == "default":
         env["FSP_BENCH_TORCH_FIRST"] = "1"
     else:
         env["OMP_WAIT_POLICY"] = policy
-    code = _FORWARD_CHILD.format(bench=str(ROOT / "benchmarks"), precision=precision, seconds=seconds)
+    code = _FORWARD_CHILD.format(
+        bench=str(ROOT / "benchmarks"), precision=precision, seconds=seconds, backend=backend
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
@@ -505,7 +510,7 @@ def bench_threads(args) -> list[dict]:
     ]
 
 
-def run_video(clip: Path, weights: Path, out: Path, precision: str) -> dict:
+def run_video(clip: Path, weights: Path, out: Path, precision: str, backend: str = "torch") -> dict:
     """The video command as a user runs it; its own summary line gives frames/s and network ms/frame."""
     cmd = [
         sys.executable,
@@ -516,6 +521,7 @@ def run_video(clip: Path, weights: Path, out: Path, precision: str) -> dict:
         f"MODEL_PARAMS_DIR={weights}",
         "PROGRESS=false",
         f"PRECISION={precision}",
+        f"BACKEND={backend}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(out.parent))
     m = re.search(r"(\d+) frames in [\d.]+ s, ([\d.]+) frames/s \(network (\d+) ms/frame\)", proc.stderr)
@@ -524,8 +530,9 @@ def run_video(clip: Path, weights: Path, out: Path, precision: str) -> dict:
     return {"frames": int(m.group(1)), "fps": float(m.group(2)), "network_ms": float(m.group(3))}
 
 
-def bench_video(args, tmp: Path, precisions: list[str]) -> list[dict]:
-    """Command frames/s and a forward-only loop, idle and with one core busy, alternating."""
+def bench_video(args, tmp: Path, variants: list[tuple[str, str]]) -> list[dict]:
+    """Command frames/s and a forward-only loop, idle and with one core busy, alternating,
+    for each ``(backend, precision)``."""
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -537,22 +544,25 @@ def bench_video(args, tmp: Path, precisions: list[str]) -> list[dict]:
     weights.mkdir(exist_ok=True)
     torch.save(random_linknet().state_dict(), weights / "linknet_oneflow_model.pt")
     rows = []
-    for precision in precisions:
+    for backend, precision in variants:
         runs = {"idle": [], "busy": []}
+        if backend != "torch":  # its one-off ONNX export beside the weights, before any timing
+            run_video(clip, weights, tmp / "out.mp4", precision, backend)
         for r in range(args.video_repeats):
             for state in ("idle", "busy"):
                 with busy_core() if state == "busy" else contextlib.nullcontext():
-                    fwd = child_forward_ms("PASSIVE", precision, seconds=4.0)
-                    cmd = run_video(clip, weights, tmp / "out.mp4", precision)
+                    fwd = child_forward_ms("PASSIVE", precision, seconds=4.0, backend=backend)
+                    cmd = run_video(clip, weights, tmp / "out.mp4", precision, backend)
                 runs[state].append(dict(cmd, forward_fps=1000 / fwd))
                 time.sleep(args.pause)
-            print(f"video {precision}: round {r + 1}/{args.video_repeats} done", file=sys.stderr)
+            print(f"video {backend} {precision}: round {r + 1}/{args.video_repeats} done", file=sys.stderr)
         idle_fps = statistics.median(r["fps"] for r in runs["idle"])
         for state, rs in runs.items():
             fps = statistics.median(r["fps"] for r in rs)
             fwd = statistics.median(r["forward_fps"] for r in rs)
             rows.append(
                 {
+                    "backend": backend,
                     "precision": precision,
                     "state": state,
                     "fps": fps,
@@ -684,12 +694,12 @@ def threads_table(rows: list[dict]) -> str:
 
 def video_table(rows: list[dict], size: str) -> str:
     lines = [
-        f"| video command, {size}, LinkNet34 | state | frames/s end to end | forward-only frames/s | of forward rate | of the rate without it |",
+        f"| video command, {size}, LinkNet34: BACKEND, PRECISION | state | frames/s end to end | forward-only frames/s | of forward rate | of the rate without it |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['precision']} | {'one core busy' if r['state'] == 'busy' else 'no busy process'} | {r['fps']:.1f} | "
+            f"| {r.get('backend', 'torch')} {r['precision']} | {'one core busy' if r['state'] == 'busy' else 'no busy process'} | {r['fps']:.1f} | "
             f"{r['forward_fps']:.1f} | {r['of_forward']:.2f} | {r['of_idle']:.2f} |"
         )
     return "\n".join(lines)
@@ -782,8 +792,10 @@ def main(argv=None) -> None:
             result["threads_rows"] = bench_threads(args)
             print("\n" + threads_table(result["threads_rows"]))
         if "video" in args.sections:
-            precisions = ["fp32"] + (["bf16"] if result["native_bf16"] else [])
-            result["video"] = bench_video(args, tmp, precisions)
+            variants = [("torch", "fp32"), ("openvino", "fp32")]
+            if result["native_bf16"]:
+                variants += [("torch", "bf16"), ("openvino", "bf16")]
+            result["video"] = bench_video(args, tmp, variants)
             print("\n" + video_table(result["video"], args.video_size))
             if not result["native_bf16"]:
                 print("video with PRECISION=bf16: not run (this CPU has no native bfloat16)")

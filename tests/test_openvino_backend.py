@@ -140,6 +140,7 @@ def test_openvino_mistakes_are_one_line_each(params, photos, tmp_path):
     for extra, words in (
         (("PRECISION=fp16",), "BACKEND=openvino runs fp32 or bf16; use BACKEND=torch for fp16"),
         (("BACKEND=tensorrt",), "expected torch, onnxruntime or openvino"),
+        (("COMPILE=true",), "torch.compile applies to BACKEND=torch"),
     ):
         proc = run_cli(*common, f"OUT_DIR={tmp_path / 'out'}", *extra)
         assert proc.returncode == 2, proc.stderr

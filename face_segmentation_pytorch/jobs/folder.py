@@ -57,13 +57,19 @@ def check_precision_keys(cfg: dict, need) -> None:
 
 
 def check_backend_keys(cfg: dict, need) -> None:
-    """BACKEND, and PRECISION with it (``need(cond, key, what)`` raises the command's one-line error)."""
+    """BACKEND, and PRECISION and COMPILE with it (``need(cond, key, what)`` raises the command's
+    one-line error)."""
     need(cfg["BACKEND"] in BACKENDS, "BACKEND", f"expected {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
     ok = backend_precisions(cfg["BACKEND"])
     need(
         cfg["PRECISION"] not in PRECISIONS or cfg["PRECISION"] in ok,
         "PRECISION",
         f"BACKEND={cfg['BACKEND']} runs {' or '.join(ok)}; use BACKEND=torch for {cfg['PRECISION']}",
+    )
+    need(
+        cfg["BACKEND"] == "torch" or cfg.get("COMPILE") is not True,
+        "COMPILE",
+        f"torch.compile applies to BACKEND=torch; {cfg['BACKEND']} compiles the graph itself (leave COMPILE unset)",
     )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FaceSegmentationError
 
-if TYPE_CHECKING:  # torch is imported where a backend is built: the commands read the names below first
+if TYPE_CHECKING:  # the runtimes and the exporter are imported where a backend is built
     import torch
     from torch import nn
 
@@ -72,7 +72,7 @@ def backend_device(backend: str, device: str | None) -> str | None:
     return (device or "cpu") if backend in CPU_ONLY_BACKENDS else device
 
 
-def onnx_file(net: "nn.Module", weights_source: str | os.PathLike | None, *, progress: bool = True) -> Path:
+def onnx_file(net: nn.Module, weights_source: str | os.PathLike | None, *, progress: bool = True) -> Path:
     """The ONNX graph of ``net``: ``<weights_source>.onnx``, exported now when it is
     missing or older than the weights file; for a model object without a file, a
     private temporary file."""
@@ -99,8 +99,8 @@ def onnx_file(net: "nn.Module", weights_source: str | os.PathLike | None, *, pro
 
 
 def onnxruntime_forward(
-    onnx_path: Path, family: "Family", face_channel: int | None
-) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+    onnx_path: Path, family: Family, face_channel: int | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """ONNX Runtime's CPU provider on ``onnx_path``: a batch -> probabilities function (float32)."""
     import torch
 
@@ -121,8 +121,8 @@ def onnxruntime_forward(
 
 
 def openvino_forward(
-    onnx_path: Path, family: "Family", face_channel: int | None, precision: str
-) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+    onnx_path: Path, family: Family, face_channel: int | None, precision: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """OpenVINO's CPU plugin on ``onnx_path`` in ``precision``: a batch -> probabilities function.
 
     ``fp32`` sets ``INFERENCE_PRECISION_HINT=f32`` (OpenVINO would otherwise

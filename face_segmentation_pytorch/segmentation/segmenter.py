@@ -434,6 +434,8 @@ class FaceSegmenter:
         self.device = resolve_device("cpu" if backend in CPU_ONLY_BACKENDS and device is None else device)
         if backend in CPU_ONLY_BACKENDS and self.device.type != "cpu":
             raise ValueError(f"backend {backend!r} runs on the CPU here: use device='cpu'")
+        if compile and backend != "torch":
+            raise ValueError(f"compile applies to the torch backend; {backend} compiles the graph itself")
         if precision not in backend_precisions(backend):
             raise ValueError(
                 f"precision {precision} with backend {backend}: {BACKEND_NAMES[backend]} runs "
