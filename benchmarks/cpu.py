@@ -479,9 +479,7 @@ def child_forward_ms(policy: str, precision: str = "fp32", seconds: float = 6.0,
         env["FSP_BENCH_TORCH_FIRST"] = "1"
     else:
         env["OMP_WAIT_POLICY"] = policy
-    code = _FORWARD_CHILD.format(
-        bench=str(ROOT / "benchmarks"), precision=precision, seconds=seconds, backend=backend
-    )
+    code = _FORWARD_CHILD.format(bench=str(ROOT / "benchmarks"), precision=precision, seconds=seconds, backend=backend)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
