@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,14 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
+
+# A suite started as a background job of a script (``pytest &`` without job
+# control, e.g. under nohup) inherits SIGINT ignored, and every command a test
+# starts would inherit it too: the Ctrl-C tests would send a signal nobody hears
+# (5 failures seen that way). Take it back for this process; commands started
+# from here then begin with the default, as exec resets a handled signal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from caffe_writer import deploy_prototxt, random_layers, write_caffemodel  # noqa: E402
 
