@@ -39,6 +39,7 @@ __all__ = [
     "backend_device",
     "backend_precisions",
     "onnx_file",
+    "require_runtime",
     "onnxruntime_forward",
     "openvino_forward",
 ]
@@ -70,6 +71,18 @@ def backend_device(backend: str, device: str | None) -> str | None:
     """The device ``backend`` runs on for a DEVICE value: the CPU-only backends take
     the CPU when none is named, instead of the CUDA device torch would default to."""
     return (device or "cpu") if backend in CPU_ONLY_BACKENDS else device
+
+
+def require_runtime(backend: str) -> None:
+    """Fail at once, naming the extra, when ``backend``'s runtime is not installed
+    (before a one-off export that would take seconds for nothing)."""
+    module, extra = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}[backend]
+    try:
+        __import__(module)
+    except ImportError:
+        raise FaceSegmentationError(
+            f"backend {backend} needs the {extra} extra: pip install 'face_segmentation_pytorch[{extra}]'"
+        ) from None
 
 
 def onnx_file(net: nn.Module, weights_source: str | os.PathLike | None, *, progress: bool = True) -> Path:

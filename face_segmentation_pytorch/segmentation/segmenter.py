@@ -38,6 +38,7 @@ from .backends import (
     onnx_file,
     onnxruntime_forward,
     openvino_forward,
+    require_runtime,
 )
 from .crop import DEFAULT_MIN_FACE_SCORE, Face, FaceDetector
 from .inference import PendingMaps, start_inputs
@@ -490,6 +491,7 @@ class FaceSegmenter:
         self.progress = progress
         if backend in CPU_ONLY_BACKENDS:
             net = net.eval()
+            require_runtime(backend)
             #: The ONNX graph the backend runs (``<weights file>.onnx``).
             self.onnx_path = onnx_file(net, self.weights_source, progress=progress)
             if backend == "onnxruntime":
