@@ -245,6 +245,34 @@ def test_bf16_through_the_segmenter_where_forced(photos, calibrated, monkeypatch
     assert float(((got > cut) != (want > cut)).double().mean()) < MASK_FRACTION
 
 
+def test_a_model_object_given_to_a_bf16_segmenter_stays_the_callers(photos, calibrated, monkeypatch):
+    # benchmarks/cpu.py and users hand FaceSegmenter their own LinkNet34 (BatchNorm
+    # and all). A bf16 segmenter once converted it in place: the caller's weights were
+    # rounded to bfloat16 for good, the next fp32 segmenter on it was no longer exact,
+    # and the bf16 one ran the slow module path (the object had its fast path off).
+    monkeypatch.setattr(precision_module, "_cpu_has_native_bf16", lambda: True)
+    state = calibrated[0]
+    mine = L.LinkNet34.from_state_dict({k: v.clone() for k, v in state.items()})
+    mine.train()
+    kw = {"device": "cpu", "threshold": None, "progress": False}
+    half = fsp.FaceSegmenter(mine, precision="bf16", **kw)
+    assert mine.training and not mine.fast_inference
+    assert all(torch.equal(v, state[k]) and v.dtype == state[k].dtype for k, v in mine.state_dict().items())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in mine.modules()) == 48
+    with torch.inference_mode():
+        got = half._forward(photos[:2])
+    assert half.model in L._PLANS  # the fused bf16 path, not the module path
+    mine.eval()
+    exact = fsp.FaceSegmenter(mine, **kw)
+    with torch.inference_mode():
+        want = exact._forward(photos[:2])
+    ref = torch.sigmoid(calibrated[1][:2, 0])
+    assert float((want.double() - ref).abs().max()) < 1e-5  # still exact: nothing was rounded
+    assert float((got - want).abs().max()) < 0.1
+    cut = float(want.median())
+    assert float(((got > cut) != (want > cut)).double().mean()) < MASK_FRACTION
+
+
 def test_fcn8s_bf16_through_the_segmenter_where_forced(slim_weights_dir, monkeypatch):
     monkeypatch.setattr(precision_module, "_cpu_has_native_bf16", lambda: True)
     yy, xx = np.mgrid[0:120, 0:100]

@@ -6,6 +6,7 @@ drift apart.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import threading
@@ -345,8 +346,10 @@ class FaceSegmenter:
         model: A :data:`~face_segmentation_pytorch.WEIGHTS` name
             (``"fcn8s_500"``, ``"fcn8s_300_no_aug"``, ``"fcn8s_500_port"``,
             ``"linknet34_oneflow"``, ``"linknet34_oneflow_demo"``) or a
-            :class:`FaceSegmentationNet` / :class:`LinkNet34` with weights loaded.
-            The entry carries the family, its preprocessing and how its output
+            :class:`FaceSegmentationNet` / :class:`LinkNet34` with weights loaded
+            (never changed: it is copied before anything converts it, so a
+            ``precision="bf16"`` segmenter leaves the caller's float32 weights
+            as they were). The entry carries the family, its preprocessing and how its output
             becomes a face probability.
         params_dir: Folder with (or for) the weights; ``None`` uses the cache folder.
         weights_file: Load the weights from this file (``.pt``, ``.safetensors``,
@@ -451,7 +454,10 @@ class FaceSegmenter:
         if isinstance(model, nn.Module):
             if weights_file is not None:
                 raise ValueError("weights_file applies to a weights entry name, not to a model object")
-            net, self.weights_source = model, None
+            # The caller's object stays theirs: eval mode, BatchNorm folding, the
+            # layout and the precision's dtype all apply to a copy (converting it
+            # in place would round their float32 weights to bfloat16 for good).
+            net, self.weights_source = copy.deepcopy(model), None
             self.family = family_of_model(net)
             self.entry = None
             self.preprocessing = self.family.preprocessing_of(net)
@@ -503,7 +509,10 @@ class FaceSegmenter:
             self.runtime = self._forward.runtime
             return
         self.dtype = precision_dtype(precision)
-        self.model = self.family.prepare_for_device(net.to(self.device, self.dtype).eval(), self.device)
+        # The fast path is chosen (LinkNet34: BatchNorm folded, in float64) while the
+        # weights still have their own dtype, so bfloat16 rounds them once, not twice.
+        net = self.family.prepare_for_device(net.eval(), self.device)
+        self.model = net.to(self.device, self.dtype)
         if channels_last is None or channels_last:
             # The fastest layout measured on both devices: on the CPU for the
             # exact fp32 path (benchmarks/bench.py), on CUDA with cuDNN for

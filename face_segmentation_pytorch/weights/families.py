@@ -102,7 +102,9 @@ class Family:
         return None
 
     def prepare_for_device(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """Choose the inference path for ``device`` (the model is already there)."""
+        """Choose the inference path for ``device``, in place: ``model`` is one
+        the caller owns (built from weights or copied), still in its own dtype;
+        it moves to ``device`` and the precision's dtype afterwards."""
         return model
 
     def to_channels_last(self, model: nn.Module) -> nn.Module:
@@ -223,15 +225,16 @@ class _LinkNet34(Family):
         return LinkNet34.from_state_dict(state).eval()
 
     def prepare_for_device(self, model, device):
-        from ..models.linknet import fast_inference_model
+        from ..models.linknet import fold_batchnorm
 
-        # A model object the caller gave (FaceSegmenter(model)) still has its
-        # BatchNorm and the fast path off: on the CPU in float32 it runs a
-        # folded copy, so the caller's object is never folded or switched.
-        # The fused path checks device and dtype on every call itself.
-        w = model.firstconv.weight
-        if not getattr(model, "fast_inference", False) and device.type == "cpu" and w.dtype == torch.float32:
-            return fast_inference_model(model)
+        # FaceSegmenter hands over a network it owns (built from weights, or
+        # its copy of the caller's object): a model object still has its
+        # BatchNorm and the fast path off, so fold it here, in float64 from the
+        # weights' own dtype, before any cast to bfloat16. The fused path
+        # checks device and dtype on every call itself.
+        if not getattr(model, "fast_inference", False):
+            model = fold_batchnorm(model, inplace=True)
+            model.fast_inference = True
         return model
 
     def preprocessing_of(self, model):
